@@ -1,0 +1,129 @@
+"""Attention over the paged KV cache: the backend interface and its torch implementation."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class KVLayout:
+    """Where one KV pool's tokens live for this step's batch (one per layer kind)."""
+
+    block_tables: torch.Tensor  # [num_seqs, blocks_per_seq] int64; -1 where no block is held
+    slot_mapping: torch.Tensor  # [num_tokens] int64: cache slot for each new token's K/V
+    ring_blocks: int | None  # sliding pools: logical block j lives in table entry j % ring_blocks
+
+
+@dataclass
+class AttentionMetadata:
+    """The flat batch as attention sees it; sequences with one query token (decodes) come first."""
+
+    query_start_loc: torch.Tensor  # [num_seqs + 1] (cu_seqlens_q)
+    seq_lens: torch.Tensor  # [num_seqs] context length including this step's tokens
+    positions: torch.Tensor  # [num_tokens]
+    layouts: dict[str, KVLayout]  # "global" / "sliding"
+    num_decodes: int
+    query_lens_host: list[int]
+    seq_lens_host: list[int]
+
+
+class AttentionBackend(ABC):
+    """Writes a layer's new K/V into its cache and attends over what the cache holds."""
+
+    @abstractmethod
+    def forward(
+        self,
+        q: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        k: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        v: torch.Tensor,
+        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
+        layout: KVLayout,
+        window: int | None,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        """Returns the attention output, [num_tokens, num_heads, head_dim]."""
+
+
+def key_positions(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int,
+                  ring_blocks: int | None) -> torch.Tensor:
+    """Token position held by each cache slot a block table addresses: [num_seqs, blocks * block_size].
+
+    In a ring, entry e holds the newest logical block j <= the last one with j % ring_blocks == e;
+    slots never written or already recycled get positions that the causal/window mask excludes.
+    """
+    num_seqs, width = block_tables.shape
+    entry = torch.arange(width, device=block_tables.device)
+    if ring_blocks is None:
+        logical = entry.expand(num_seqs, width)
+    else:
+        last = ((seq_lens - 1) // block_size)[:, None]
+        logical = last - torch.remainder(last - entry[None, :], ring_blocks)
+    offsets = torch.arange(block_size, device=block_tables.device)
+    pos = (logical[:, :, None] * block_size + offsets).reshape(num_seqs, width * block_size)
+    held = (block_tables >= 0)[:, :, None].expand(num_seqs, width, block_size).reshape(num_seqs, -1)
+    return torch.where(held, pos, torch.full_like(pos, -1))
+
+
+def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Boolean [num_seqs, 1, q_len, k_len]: causal, inside the window, slot holds a token."""
+    q = q_pos[:, :, None]
+    k = k_pos[:, None, :]
+    mask = (k <= q) & (k >= 0)
+    if window is not None:
+        mask &= k > q - window
+    return mask[:, None]
+
+
+class TorchAttentionBackend(AttentionBackend):
+    """Reference backend in plain torch ops: decodes batched together, each prefill chunk on its own."""
+
+    def forward(self, q, k, v, kv_cache, layout, window, meta, scale):
+        num_kv_heads, head_dim = kv_cache.shape[3], kv_cache.shape[4]
+        kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, layout.slot_mapping, k)
+        kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, layout.slot_mapping, v)
+        out = torch.empty_like(q)
+        nd = meta.num_decodes
+        if nd:
+            out[:nd] = self._paged(
+                q[:nd, None], meta.positions[:nd, None], kv_cache, layout.block_tables[:nd],
+                meta.seq_lens[:nd], layout.ring_blocks, window, scale,
+            )[:, 0]
+        starts = meta.query_start_loc.tolist() if len(meta.query_lens_host) > nd else []
+        for i in range(nd, len(meta.query_lens_host)):
+            a, b = starts[i], starts[i + 1]
+            if meta.seq_lens_host[i] == b - a:
+                # No history: attend over the fresh chunk directly, no cache gather.
+                pos = meta.positions[a:b]
+                mask = attention_mask(pos[None], pos[None], window)
+                out[a:b] = _sdpa(q[None, a:b], k[None, a:b], v[None, a:b], mask, scale)[0]
+            else:
+                out[a:b] = self._paged(
+                    q[None, a:b], meta.positions[None, a:b], kv_cache, layout.block_tables[i : i + 1],
+                    meta.seq_lens[i : i + 1], layout.ring_blocks, window, scale,
+                )[0]
+        return out
+
+    @staticmethod
+    def _paged(q, q_pos, kv_cache, block_tables, seq_lens, ring_blocks, window, scale):
+        """q: [num_seqs, q_len, heads, dim] against the cached keys of each sequence."""
+        num_seqs, width = block_tables.shape
+        block_size = kv_cache.shape[2]
+        idx = block_tables.clamp(min=0)
+        keys = kv_cache[0][idx].view(num_seqs, width * block_size, *kv_cache.shape[3:])
+        values = kv_cache[1][idx].view(num_seqs, width * block_size, *kv_cache.shape[3:])
+        k_pos = key_positions(block_tables, seq_lens, block_size, ring_blocks)
+        return _sdpa(q, keys, values, attention_mask(q_pos, k_pos, window), scale)
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """[B, Lq, H, D] x [B, Lk, Hkv, D] -> [B, Lq, H, D], grouped-query aware."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale,
+        enable_gqa=q.shape[2] != k.shape[2],
+    )
+    return out.transpose(1, 2)

@@ -1,0 +1,266 @@
+"""LLMEngine: the step loop that ties scheduler, model runner, sampler and detokenizer together."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import defaultdict
+
+import torch
+
+from engine.attention import TorchAttentionBackend
+from engine.config import EngineConfig, ModelConfig
+from engine.detokenizer import IncrementalDetokenizer
+from engine.errors import RequestRejected
+from engine.kv_cache import KVCacheManager, PoolSpec, split_budget, steady_blocks_per_seq
+from engine.loader import iter_weights, load_config, resolve_model, tokenizer_path
+from engine.model import HybridTransformer
+from engine.model_runner import ModelRunner
+from engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
+from engine.sampler import Sampler, SamplingRow
+from engine.sampling_params import SamplingParams
+from engine.scheduler import ScheduledBatch, Scheduler
+from engine.sequence import Sequence, SequenceStatus
+from engine.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+CPU_DEFAULT_KV_BYTES = 1 << 30
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """fp32 on CPU (no fast bf16 there), bf16 on GPU, unless asked otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(names)}")
+    return names[dtype]
+
+
+class LLMEngine:
+    """Loads a model and serves many requests at once, one scheduler step per `step()` call."""
+
+    def __init__(self, model: str | None = None, device: str = "cpu", dtype: str | torch.dtype | None = None,
+                 config: EngineConfig | None = None, progress: bool = True) -> None:
+        self.device = torch.device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        path = resolve_model(model)
+        self.model_path = path
+        self.model_config = ModelConfig.from_hf(load_config(path))
+        self.tokenizer = Tokenizer(tokenizer_path(path))
+        self.config = cfg = config or EngineConfig()
+        mcfg = self.model_config
+        cfg.max_model_len = min(cfg.max_model_len or mcfg.max_position_embeddings, mcfg.max_position_embeddings)
+        cfg.max_num_batched_tokens = max(cfg.max_num_batched_tokens, 1)
+        self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(mcfg.eos_token_ids)
+
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(self.dtype)
+        try:
+            with self.device:
+                self.model = HybridTransformer(mcfg, TorchAttentionBackend(), cfg.max_model_len)
+        finally:
+            torch.set_default_dtype(default_dtype)
+        self.model.load_weights(iter_weights(path, self.dtype, progress=progress))
+        self.model.eval()
+
+        self.kv = self._make_kv_manager()
+        self.runner = ModelRunner(self.model, self.kv, self.dtype, self.device)
+        self.scheduler = Scheduler(cfg, self.kv)
+        self.sampler = Sampler(self.eos_token_ids)
+        self.requests: dict[str, list[Sequence]] = {}
+        self._seq_ids = itertools.count()
+
+    def _make_kv_manager(self) -> KVCacheManager:
+        """Pools per layer kind, sized from kv_cache_memory (CPU) or free GPU memory."""
+        mcfg, cfg = self.model_config, self.config
+        counts: dict[str, int] = defaultdict(int)
+        for spec in mcfg.layers:
+            counts[spec.kv_kind] += 1
+        pools = {kind: PoolSpec(n, mcfg.sliding_window if kind == "sliding" else None) for kind, n in counts.items()}
+        elem = torch.tensor([], dtype=self.dtype).element_size()
+        bytes_per_layer_block = 2 * cfg.block_size * mcfg.num_kv_heads * mcfg.head_dim * elem
+        budget = cfg.kv_cache_memory
+        if budget is None and self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = int(free - total * (1 - cfg.gpu_memory_utilization))
+        if budget is None:
+            budget = CPU_DEFAULT_KV_BYTES
+        num_blocks = split_budget(pools, bytes_per_layer_block, budget, cfg.max_model_len, cfg.block_size,
+                                  cfg.max_num_batched_tokens)
+        return KVCacheManager(pools, num_blocks, cfg.block_size, cfg.max_num_batched_tokens)
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> list[int]:
+        """Queue a request; returns its prompt token ids. Raises RequestRejected if it can never run."""
+        if request_id in self.requests:
+            raise RequestRejected(f"request id {request_id!r} is already in use")
+        prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        self._validate(prompt_ids, params)
+        max_len = self.config.max_model_len
+        if params.max_tokens is None:
+            params.max_tokens = max_len - len(prompt_ids)
+        seqs = []
+        for index in range(params.n):
+            generator = None
+            if params.seed is not None:
+                generator = torch.Generator(device=self.device).manual_seed(params.seed + index)
+            seqs.append(Sequence(
+                seq_id=next(self._seq_ids), request_id=request_id, index=index, token_ids=list(prompt_ids),
+                num_prompt_tokens=len(prompt_ids), params=params, generator=generator,
+                detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids, params),
+            ))
+        parent = seqs[0]
+        parent.children = seqs[1:]
+        self.requests[request_id] = seqs
+        self.scheduler.add(parent)
+        return prompt_ids
+
+    def _validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Reject what can never fit, naming the numbers."""
+        n, max_len = len(prompt_ids), self.config.max_model_len
+        if n == 0:
+            raise RequestRejected("the prompt is empty")
+        vocab = self.model_config.vocab_size
+        if any(t < 0 or t >= vocab for t in prompt_ids):
+            raise RequestRejected(f"prompt token ids must be in [0, {vocab})")
+        if params.max_tokens is None and n >= max_len:
+            raise RequestRejected(f"the prompt has {n} tokens; this model's max_model_len is {max_len}")
+        total = n + (params.max_tokens or 1)
+        if total > max_len:
+            raise RequestRejected(
+                f"the prompt ({n} tokens) plus max_tokens ({params.max_tokens}) is {total} tokens, "
+                f"more than max_model_len ({max_len})"
+            )
+        chunk = min(self.config.max_num_batched_tokens, total)
+        for kind, spec in self.kv.specs.items():
+            need = steady_blocks_per_seq(spec, total, self.kv.block_size, chunk) * params.n
+            if need > self.kv.pools[kind].num_blocks:
+                raise RequestRejected(
+                    f"the request needs {need} KV blocks in the {kind} pool, which has "
+                    f"{self.kv.pools[kind].num_blocks}; raise kv_cache_memory or shorten it"
+                )
+
+    def abort(self, request_id: str) -> None:
+        """Stop a request now and free its blocks."""
+        for seq in self.requests.pop(request_id, []):
+            if not seq.is_finished:
+                seq.finish_reason = "abort"
+                self.scheduler.finish(seq)
+
+    def has_unfinished(self) -> bool:
+        """True while any request is queued or running."""
+        return bool(self.requests)
+
+    # ---- the step ---------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Schedule, run the model once, sample, and return what changed for each request."""
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
+            return []
+        order = sorted(range(len(batch)), key=lambda i: batch.num_new_tokens[i] != 1)
+        batch = ScheduledBatch([batch.seqs[i] for i in order], [batch.num_new_tokens[i] for i in order])
+        sample_rows = [i for i, (s, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True))
+                       if s.num_computed_tokens + n == s.num_tokens]
+        logits = self.runner.execute(batch, sample_rows)
+        for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            seq.num_computed_tokens += n
+        samplers: list[Sequence] = []
+        logit_rows: list[int] = []
+        for row, i in enumerate(sample_rows):
+            seq = batch.seqs[i]
+            for s in [seq, *self._fork_children(seq)]:
+                samplers.append(s)
+                logit_rows.append(row)
+        if len(logit_rows) != len(sample_rows):
+            logits = logits[logit_rows]
+        rows = [SamplingRow(s.params, s.token_ids[: s.num_prompt_tokens], s.output_token_ids, s.generator)
+                for s in samplers]
+        sampled = self.sampler(logits, rows)
+        return self._process(samplers, sampled)
+
+    def _fork_children(self, parent: Sequence) -> list[Sequence]:
+        """Once sample 1's prompt is in the cache, samples 2..n share its blocks and start decoding."""
+        if not parent.children or parent.num_output_tokens > 0:
+            return []
+        children, parent.children = parent.children, []
+        forked = []
+        for child in children:
+            if child.is_finished:
+                continue
+            if not self.kv.can_fork(parent.block_tables, parent.num_computed_tokens):
+                self.scheduler.add(child)  # no room to copy: it prefills on its own later
+                continue
+            child.block_tables, copies = self.kv.fork(parent.block_tables, parent.num_computed_tokens)
+            self.runner.copy_blocks(copies)
+            child.num_computed_tokens = parent.num_computed_tokens
+            child.status = SequenceStatus.RUNNING
+            self.scheduler.running.append(child)
+            forked.append(child)
+        return forked
+
+    def _process(self, seqs: list[Sequence], sampled) -> list[RequestOutput]:
+        """Append sampled tokens, detokenize, apply stop conditions, and build per-request deltas."""
+        token_ids = sampled.token_ids.tolist()
+        logprobs = sampled.logprobs.tolist()
+        top_ids = sampled.top_token_ids.tolist() if sampled.top_token_ids is not None else None
+        top_lps = sampled.top_logprobs.tolist() if sampled.top_logprobs is not None else None
+        deltas: dict[str, list[CompletionOutput]] = defaultdict(list)
+        for i, seq in enumerate(seqs):
+            token = token_ids[i]
+            seq.token_ids.append(token)
+            params = seq.params
+            lp = None
+            if params.logprobs is not None:
+                k = params.logprobs
+                top = list(zip(top_ids[i][:k], top_lps[i][:k], strict=True)) if k and top_ids else []
+                lp = [TokenLogprob(token, logprobs[i], top)]
+            text = seq.detokenizer.update([token])
+            self._check_stop(seq, token)
+            if seq.is_finished and not seq.detokenizer.finished:
+                text += seq.detokenizer.flush()
+            deltas[seq.request_id].append(
+                CompletionOutput(seq.index, text, [token], lp, seq.finish_reason, seq.stop_reason))
+        return self._request_outputs(deltas)
+
+    def _check_stop(self, seq: Sequence, token: int) -> None:
+        """Finish the sequence if a stop condition holds after appending `token`."""
+        params = seq.params
+        reason: str | None = None
+        if seq.detokenizer.finished:
+            reason, seq.stop_reason = "stop", seq.detokenizer.stop_reason
+        elif seq.num_output_tokens >= params.min_tokens and token in params.stop_token_ids:
+            reason, seq.stop_reason = "stop", token
+        elif not params.ignore_eos and token in self.eos_token_ids and seq.num_output_tokens >= params.min_tokens:
+            reason = "stop"
+        elif seq.num_output_tokens >= (params.max_tokens or 0) or seq.num_tokens >= self.config.max_model_len:
+            reason = "length"
+        if reason is not None:
+            seq.finish_reason = reason
+            self.scheduler.finish(seq)
+
+    def _request_outputs(self, deltas: dict[str, list[CompletionOutput]]) -> list[RequestOutput]:
+        outputs = []
+        for request_id, outs in deltas.items():
+            seqs = self.requests[request_id]
+            finished = all(s.is_finished for s in seqs)
+            outputs.append(RequestOutput(request_id, seqs[0].token_ids[: seqs[0].num_prompt_tokens], outs, finished))
+            if finished:
+                del self.requests[request_id]
+        return outputs
+
+    def stats(self) -> dict:
+        """Running/waiting counts, KV blocks in use per pool, preemptions so far."""
+        return {
+            "running": len(self.scheduler.running),
+            "waiting": len(self.scheduler.waiting),
+            "kv_blocks_used": self.kv.usage(),
+            "kv_blocks_total": self.kv.num_blocks(),
+            "num_preemptions": self.scheduler.num_preemptions,
+        }

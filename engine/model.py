@@ -1,0 +1,195 @@
+"""HybridTransformer: one model definition for EXAONE 4.0 and the Llama family."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.attention import AttentionBackend, AttentionMetadata
+from engine.config import LayerSpec, ModelConfig, rope_inv_freq
+from engine.errors import ModelLoadError
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last dimension, computed in fp32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
+
+
+class RotaryEmbedding(nn.Module):
+    """Precomputed cos/sin tables indexed by absolute position (rotate-half convention)."""
+
+    def __init__(self, cfg: ModelConfig, max_len: int) -> None:
+        super().__init__()
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), rope_inv_freq(cfg))
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos = self.cos[positions][:, None].to(q.dtype)
+        sin = self.sin[positions][:, None].to(q.dtype)
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+class Attention(nn.Module):
+    """GQA self-attention with optional per-head QK-norm and optional RoPE."""
+
+    def __init__(self, cfg: ModelConfig, spec: LayerSpec, layer_idx: int, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.spec, self.layer_idx, self.backend = spec, layer_idx, backend
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_size, self.kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
+        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=False)
+        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        if spec.qk_norm:
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+        self.scale = cfg.head_dim**-0.5
+
+    def forward(self, x: torch.Tensor, rope: RotaryEmbedding, meta: AttentionMetadata,
+                kv_cache: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.spec.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.spec.use_rope:
+            q, k = rope(meta.positions, q, k)
+        layout = meta.layouts[self.spec.kv_kind]
+        out = self.backend.forward(q, k, v, kv_cache, layout, self.spec.sliding_window, meta, self.scale)
+        return self.o_proj(out.reshape(-1, self.q_size))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward with gate and up projections fused into one matmul."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    """Attention + MLP with norms before each block (Llama) or after each block (EXAONE 4.0)."""
+
+    def __init__(self, cfg: ModelConfig, spec: LayerSpec, layer_idx: int, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.post_norm = spec.post_norm
+        self.self_attn = Attention(cfg, spec, layer_idx, backend)
+        self.mlp = MLP(cfg)
+        if spec.post_norm:
+            self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        else:
+            self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, h: torch.Tensor, rope: RotaryEmbedding, meta: AttentionMetadata,
+                kv_cache: torch.Tensor) -> torch.Tensor:
+        if self.post_norm:
+            h = h + self.post_attention_layernorm(self.self_attn(h, rope, meta, kv_cache))
+            return h + self.post_feedforward_layernorm(self.mlp(h))
+        h = h + self.self_attn(self.input_layernorm(h), rope, meta, kv_cache)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class DecoderStack(nn.Module):
+    """Embeddings, layers and final norm; named `model` so HF weight names map one to one."""
+
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, spec, i, backend) for i, spec in enumerate(cfg.layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class HybridTransformer(nn.Module):
+    """Decoder-only LM over a flat token batch; each layer's attention kind comes from its LayerSpec."""
+
+    # fused parameter -> the HF tensors stacked into it, in row order
+    FUSED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "qkv_proj": ("q_proj", "k_proj", "v_proj"),
+        "gate_up_proj": ("gate_proj", "up_proj"),
+    }
+
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend, max_len: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.model = DecoderStack(cfg, backend)
+        self.rope = RotaryEmbedding(cfg, max_len)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
+                kv_caches: list[torch.Tensor]) -> torch.Tensor:
+        """Hidden states after the final norm for every token of the flat batch."""
+        h = self.model.embed_tokens(input_ids)
+        for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
+            h = layer(h, self.rope, meta, kv_cache)
+        return self.model.norm(h)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits in fp32 for the given hidden states."""
+        weight = self.model.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
+        return F.linear(hidden, weight).float()
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy HF-named tensors in, fusing q/k/v and gate/up; any missing or misshapen tensor is an error."""
+        params = dict(self.named_parameters())
+        expected = self._expected_shapes()
+        seen: set[str] = set()
+        for name, tensor in weights:
+            if name not in expected:
+                continue  # e.g. rotary inv_freq buffers, or lm_head.weight of a tied model
+            target, offset, shape = expected[name]
+            if tuple(tensor.shape) != shape:
+                raise ModelLoadError(
+                    f"tensor {name} has shape {tuple(tensor.shape)}, expected {shape} from config.json"
+                )
+            with torch.no_grad():
+                params[target][offset : offset + shape[0]].copy_(tensor)
+            seen.add(name)
+        missing = sorted(set(expected) - seen)
+        if missing:
+            more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+            raise ModelLoadError(f"checkpoint is missing weights: {', '.join(missing[:3])}{more}")
+
+    def _expected_shapes(self) -> dict[str, tuple[str, int, tuple[int, ...]]]:
+        """HF tensor name -> (our parameter, first row inside it, expected shape)."""
+        cfg = self.cfg
+        rows = {"q_proj": cfg.num_heads * cfg.head_dim, "k_proj": cfg.num_kv_heads * cfg.head_dim,
+                "v_proj": cfg.num_kv_heads * cfg.head_dim, "gate_proj": cfg.intermediate_size,
+                "up_proj": cfg.intermediate_size}
+        expected: dict[str, tuple[str, int, tuple[int, ...]]] = {}
+        for pname, p in self.named_parameters():
+            module, leaf = pname.rsplit(".", 1)
+            parent, _, last = module.rpartition(".")
+            if last not in self.FUSED:
+                expected[pname] = (pname, 0, tuple(p.shape))
+                continue
+            offset = 0
+            for hf in self.FUSED[last]:
+                expected[f"{parent}.{hf}.{leaf}"] = (pname, offset, (rows[hf], p.shape[1]))
+                offset += rows[hf]
+        return expected
