@@ -101,7 +101,7 @@ class LLMEngine:
         if request_id in self.requests:
             raise RequestRejected(f"request id {request_id!r} is already in use")
         prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        self._validate(prompt_ids, params)
+        self.validate(prompt_ids, params)
         max_len = self.config.max_model_len
         if params.max_tokens is None:
             params.max_tokens = max_len - len(prompt_ids)
@@ -121,8 +121,8 @@ class LLMEngine:
         self.scheduler.add(parent)
         return prompt_ids
 
-    def _validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Reject what can never fit, naming the numbers."""
+    def validate(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Reject what can never fit, naming the numbers; reads only fixed sizes, so any thread may call it."""
         n, max_len = len(prompt_ids), self.config.max_model_len
         if n == 0:
             raise RequestRejected("the prompt is empty")

@@ -1,0 +1,153 @@
+"""AsyncEngine: LLMEngine's step loop on a background thread, one asyncio stream of deltas per request."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from engine.errors import RequestRejected
+from engine.llm_engine import LLMEngine
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+
+class EngineOverloaded(Exception):
+    """The waiting queue is full; the caller should retry later."""
+
+
+class EngineDead(Exception):
+    """The step loop crashed; no request can be served."""
+
+
+class AsyncEngine:
+    """Thread-safe front of an LLMEngine for asyncio servers.
+
+    The model runs on one background thread (torch releases the GIL), so the event loop keeps
+    serving HTTP while a step computes. Adds and aborts go through an inbox drained between steps.
+    """
+
+    def __init__(self, engine: LLMEngine, max_queued_requests: int | None = None) -> None:
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.max_queued_requests = max_queued_requests
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._streams: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._pending = 0  # accepted, not yet handed to the scheduler
+        self._lock = threading.Lock()
+        self._ids = itertools.count()
+        self._stopped = False
+        self.error: BaseException | None = None
+        self._stats: dict[str, Any] = engine.stats()
+        self._thread = threading.Thread(target=self._loop, name="exaone-engine", daemon=True)
+        self._thread.start()
+
+    # ---- called from the event loop ---------------------------------------------------------
+
+    async def generate(self, prompt: str | list[int], params: SamplingParams,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Stream a request's outputs (deltas); leaving the iterator early aborts the request."""
+        stream = self.submit(prompt, params, request_id)
+        async for out in stream:
+            yield out
+
+    def submit(self, prompt: str | list[int], params: SamplingParams,
+               request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        """Validate and queue a request now (raising RequestRejected / EngineOverloaded at once)."""
+        if self.error is not None:
+            raise EngineDead(f"engine stopped after an error: {self.error}")
+        request_id = request_id or f"req-{next(self._ids)}"
+        prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        self.engine.validate(prompt_ids, params)
+        with self._lock:
+            if self.max_queued_requests is not None and \
+                    self._pending + self._stats["waiting"] >= self.max_queued_requests:
+                raise EngineOverloaded(f"{self.max_queued_requests} requests are already waiting")
+            self._pending += 1
+        q: asyncio.Queue = asyncio.Queue()
+        self._streams[request_id] = (asyncio.get_running_loop(), q)
+        self._inbox.put(("add", (request_id, prompt_ids, params)))
+        self._wake.set()
+        return self._drain(request_id, q)
+
+    async def _drain(self, request_id: str, q: asyncio.Queue) -> AsyncIterator[RequestOutput]:
+        finished = False
+        try:
+            while not finished:
+                item = await q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            self._streams.pop(request_id, None)
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        """Ask the loop to stop a request; its blocks are freed before the next step."""
+        self._inbox.put(("abort", request_id))
+        self._wake.set()
+
+    def stats(self) -> dict[str, Any]:
+        """The engine's counters as of the last step."""
+        return dict(self._stats)
+
+    def shutdown(self) -> None:
+        """Stop the loop thread."""
+        self._stopped = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+
+    # ---- the loop thread --------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        try:
+            while not self._stopped:
+                self._drain_inbox()
+                if not self.engine.has_unfinished():
+                    self._stats = self.engine.stats()
+                    self._wake.wait(timeout=1.0)
+                    self._wake.clear()
+                    continue
+                outputs = self.engine.step()
+                self._stats = self.engine.stats()
+                for out in outputs:
+                    self._send(out.request_id, out)
+        except BaseException as e:  # a crash must reach every waiting client, not hang them
+            logger.exception("engine loop crashed")
+            self.error = e
+            for request_id in list(self._streams):
+                self._send(request_id, EngineDead(f"engine stopped after an error: {e}"))
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                kind, payload = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "abort":
+                self.engine.abort(payload)
+                continue
+            request_id, prompt_ids, params = payload
+            with self._lock:
+                self._pending -= 1
+            if request_id not in self._streams:
+                continue  # the client left before the request started
+            try:
+                self.engine.add_request(request_id, prompt_ids, params)
+            except RequestRejected as e:
+                self._send(request_id, e)
+
+    def _send(self, request_id: str, item: RequestOutput | BaseException) -> None:
+        target = self._streams.get(request_id)
+        if target is not None:
+            loop, q = target
+            loop.call_soon_threadsafe(q.put_nowait, item)
