@@ -77,7 +77,8 @@ def resolve_model(model: str | None) -> Path:
     """Map --model to a local .gguf file or HF directory, downloading a hub id if needed."""
     if model is None:
         return default_model_path()
-    path = Path(model).expanduser()
+    # os.path.expanduser leaves "~unknownuser" as is; Path.expanduser raises RuntimeError on it.
+    path = Path(os.path.expanduser(model))
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError(f"model file {path} is not a .gguf file (pass a .gguf or a model directory)")
