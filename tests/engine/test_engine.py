@@ -1,0 +1,143 @@
+"""Continuous batching: batch invariance, ring wrap-around, preemption, leaks, seeds, stop strings, n > 1."""
+
+import math
+import random
+
+import pytest
+from conftest import make_tiny_model
+from reference import hf_greedy, random_prompts
+
+from engine import LLM, SamplingParams
+from engine.errors import RequestRejected
+
+
+def greedy(max_tokens: int, **kw) -> SamplingParams:
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, **kw)
+
+
+def tokens_of(outputs) -> list[list[int]]:
+    return [o.outputs[0].token_ids for o in outputs]
+
+
+def assert_no_blocks_held(llm: LLM) -> None:
+    stats = llm.engine.stats()
+    assert stats["running"] == stats["waiting"] == 0
+    assert all(n == 0 for n in stats["kv_blocks_used"].values()), stats
+
+
+@pytest.mark.parametrize("kind", ["exaone_hybrid", "default"])
+def test_batch_invariance_with_chunked_prefill(tiny_models, kind):
+    model = None if kind == "default" else str(tiny_models[kind])
+    llm = LLM(model=model, progress=False, max_num_batched_tokens=48, max_num_seqs=16)
+    lengths = [3, 17, 40, 9, 25, 60, 5, 33, 12, 48, 7, 21, 30, 2, 55, 14]
+    prompts = random_prompts(llm.engine.model_config.vocab_size, lengths, seed=1)
+    new = 8 if kind == "default" else 16
+    together = tokens_of(llm.generate(prompt_token_ids=prompts, sampling_params=greedy(new)))
+    alone = [tokens_of(llm.generate(prompt_token_ids=[p], sampling_params=greedy(new)))[0] for p in prompts]
+    assert together == alone
+    assert_no_blocks_held(llm)
+
+
+def test_ring_wraps_within_bound_and_matches_transformers(tmp_path):
+    window, block, chunk = 8, 4, 11
+    model_dir = make_tiny_model(tmp_path, "exaone_hybrid", sliding_window=window)
+    llm = LLM(model=str(model_dir), progress=False, block_size=block, max_num_batched_tokens=chunk)
+    engine = llm.engine
+    prompts = random_prompts(engine.model_config.vocab_size, [19, 26, 13], seed=2)
+    new = 4 * window
+    for i, p in enumerate(prompts):
+        engine.add_request(f"r{i}", p, greedy(new))
+    prefill_bound = math.ceil((window - 1 + chunk) / block) + 1
+    decode_bound = math.ceil(window / block) + 1
+    results: dict[str, list[int]] = {}
+    while engine.has_unfinished():
+        outs = engine.step()
+        for out in outs:
+            results.setdefault(out.request_id, []).extend(out.outputs[0].token_ids)
+        stats = engine.stats()
+        running = engine.scheduler.running
+        used = stats["kv_blocks_used"]["sliding"]
+        assert used <= len(running) * prefill_bound
+        if running and all(s.num_computed_tokens > s.num_prompt_tokens for s in running):
+            assert used <= len(running) * decode_bound, (used, len(running))
+    ours = [results[f"r{i}"] for i in range(len(prompts))]
+    assert ours == [t for t, _ in hf_greedy(model_dir, prompts, new)]
+    assert_no_blocks_held(llm)
+
+
+def test_preemption_recomputes_to_the_same_tokens(tiny_models):
+    model = str(tiny_models["exaone_hybrid"])
+    prompts = random_prompts(49152, [30, 41, 22, 35, 28, 44], seed=3)
+    big = LLM(model=model, progress=False)
+    expected = tokens_of(big.generate(prompt_token_ids=prompts, sampling_params=greedy(40)))
+    small = LLM(model=model, progress=False, kv_cache_memory=96 * 1024, block_size=4, max_num_batched_tokens=64)
+    got = tokens_of(small.generate(prompt_token_ids=prompts, sampling_params=greedy(40)))
+    assert got == expected
+    assert small.engine.stats()["num_preemptions"] > 0
+    assert_no_blocks_held(small)
+
+
+def test_requests_that_can_never_fit_are_rejected_with_numbers(tiny_models):
+    llm = LLM(model=str(tiny_models["exaone_global"]), progress=False, max_model_len=64, kv_cache_memory=16 * 1024)
+    with pytest.raises(RequestRejected, match="64"):
+        llm.engine.add_request("long", list(range(100, 160)), SamplingParams(max_tokens=10))
+    with pytest.raises(RequestRejected, match="KV blocks"):
+        llm.engine.add_request("big", list(range(100, 140)), SamplingParams(max_tokens=20))
+    with pytest.raises(RequestRejected, match="empty"):
+        llm.engine.add_request("empty", [], SamplingParams())
+
+
+def test_random_requests_aborts_and_stop_strings_leave_no_block_behind(tiny_models):
+    llm = LLM(model=str(tiny_models["exaone_hybrid"]), progress=False, block_size=4, max_num_batched_tokens=64,
+              kv_cache_memory=256 * 1024, max_num_seqs=12)
+    engine, rng = llm.engine, random.Random(4)
+    stop_words = ["e", "a", " the", "in", "s "]
+    pending = list(range(200))
+    live: list[str] = []
+    texts: dict[str, str] = {}
+    stops: dict[str, list[str]] = {}
+    while pending or engine.has_unfinished():
+        for _ in range(rng.randint(0, 6)):
+            if pending:
+                i = pending.pop()
+                rid = f"r{i}"
+                stops[rid] = rng.sample(stop_words, rng.randint(0, 2))
+                params = SamplingParams(max_tokens=rng.randint(1, 24), temperature=rng.choice([0.0, 0.8]),
+                                        seed=i, stop=stops[rid], n=rng.choice([1, 1, 2]))
+                engine.add_request(rid, random_prompts(49152, [rng.randint(1, 40)], seed=i)[0], params)
+                live.append(rid)
+        if live and rng.random() < 0.15:
+            rid = live.pop(rng.randrange(len(live)))
+            engine.abort(rid)
+        for out in engine.step():
+            for o in out.outputs:
+                key = f"{out.request_id}/{o.index}"
+                texts[key] = texts.get(key, "") + o.text
+            if out.finished and out.request_id in live:
+                live.remove(out.request_id)
+    assert_no_blocks_held(llm)
+    for key, text in texts.items():
+        for stop in stops[key.split("/")[0]]:
+            assert stop not in text, (key, stop, text)
+
+
+def test_seeded_sampling_is_independent_of_batch_composition(tiny_models):
+    llm = LLM(model=str(tiny_models["llama"]), progress=False)
+    prompts = random_prompts(49152, [12, 30, 7, 21], seed=5)
+    seeded = SamplingParams(max_tokens=20, temperature=0.9, top_p=0.9, seed=1234, ignore_eos=True)
+    alone = tokens_of(llm.generate(prompt_token_ids=[prompts[0]], sampling_params=seeded))[0]
+    others = [SamplingParams(max_tokens=25, temperature=1.0, ignore_eos=True) for _ in prompts[1:]]
+    mixed = tokens_of(llm.generate(prompt_token_ids=prompts, sampling_params=[seeded, *others]))[0]
+    assert mixed == alone
+
+
+def test_n_samples_share_the_prompt_prefill(tiny_models):
+    llm = LLM(model=str(tiny_models["exaone_hybrid"]), progress=False, block_size=4)
+    prompt = random_prompts(49152, [23], seed=6)[0]
+    single = tokens_of(llm.generate(prompt_token_ids=[prompt], sampling_params=greedy(12)))[0]
+    out = llm.generate(prompt_token_ids=[prompt], sampling_params=greedy(12, n=3))[0]
+    assert [o.token_ids for o in out.outputs] == [single] * 3
+    sampled = llm.generate(prompt_token_ids=[prompt], sampling_params=SamplingParams(
+        n=4, max_tokens=12, temperature=1.0, seed=7, ignore_eos=True))[0]
+    assert len({tuple(o.token_ids) for o in sampled.outputs}) > 1
+    assert_no_blocks_held(llm)
