@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -68,9 +69,17 @@ _LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 def _reader(path: Path) -> gguf.GGUFReader:
     try:
-        return gguf.GGUFReader(path)
+        stat = path.stat()
+        return _cached_reader(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     except (OSError, ValueError, KeyError, IndexError) as exc:
         raise ModelLoadError(f"cannot read GGUF file {path}: {exc}") from exc
+
+
+# Parsing the metadata (49k vocab strings) takes ~2 s and start-up reads config, tensor count,
+# weights and tokenizer from the same file; size and mtime in the key catch a replaced file.
+@functools.lru_cache(maxsize=2)
+def _cached_reader(path: str, size: int, mtime_ns: int) -> gguf.GGUFReader:
+    return gguf.GGUFReader(path)
 
 
 def _field(reader: gguf.GGUFReader, key: str) -> Any:
