@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import defaultdict
+from dataclasses import replace
 
 import torch
 
@@ -107,13 +108,17 @@ class LLMEngine:
             params.max_tokens = max_len - len(prompt_ids)
         seqs = []
         for index in range(params.n):
+            sample_params = params
+            if params.logits_processor_factories:
+                sample_params = replace(params, logits_processors=[
+                    *params.logits_processors, *(make() for make in params.logits_processor_factories)])
             generator = None
             if params.seed is not None:
                 generator = torch.Generator(device=self.device).manual_seed(params.seed + index)
             seqs.append(Sequence(
                 seq_id=next(self._seq_ids), request_id=request_id, index=index, token_ids=list(prompt_ids),
-                num_prompt_tokens=len(prompt_ids), params=params, generator=generator,
-                detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids, params),
+                num_prompt_tokens=len(prompt_ids), params=sample_params, generator=generator,
+                detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids, sample_params),
             ))
         parent = seqs[0]
         parent.children = seqs[1:]

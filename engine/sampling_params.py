@@ -33,6 +33,8 @@ class SamplingParams:
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     logits_processors: list[LogitsProcessor] = field(default_factory=list)
+    # Stateful processors (grammar matchers, thinking budgets) are built once per sample from these.
+    logits_processor_factories: list[Callable[[], LogitsProcessor]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
