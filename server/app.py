@@ -1,0 +1,124 @@
+"""The FastAPI app: routes, auth, health and metrics; the model may load after the app starts."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from engine.async_engine import AsyncEngine
+from server.errors import APIError, bad_request, install_error_handlers
+from server.schemas import (
+    DEFAULT_MAX_REQUEST_BODY_BYTES,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+    encode,
+)
+from server.serving import ServerState
+from server.serving_chat import create_chat_completion, render_chat
+from server.serving_completion import create_completion
+
+logger = logging.getLogger(__name__)
+
+
+def _json(obj: Any) -> Response:
+    return Response(encode(obj), media_type="application/json")
+
+
+def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api_key: str | None = None,
+               max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
+               default_chat_template_kwargs: dict[str, Any] | None = None) -> FastAPI:
+    """Build the app; with engine=None it answers 503 until `attach_engine` hands it one.
+
+    The app never stops the engine: whoever made the engine shuts it down.
+    """
+    state = ServerState(list(served_model_names), api_key, max_request_body_bytes,
+                        dict(default_chat_template_kwargs or {}), engine)
+    started = int(time.time())
+
+    app = FastAPI(title="exaone-serve")
+    app.state.server = state
+    install_error_handlers(app)
+
+    async def authorize(request: Request) -> None:
+        if state.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        # compare_digest takes the same time wherever the strings differ, so timing reveals nothing
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
+            raise APIError(401, "missing or invalid API key; send `Authorization: Bearer <key>`",
+                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/health")
+    async def health() -> Response:
+        """200 once the model is loaded and the engine runs; 503 while loading, 500 if the engine died."""
+        state.ready_engine()
+        return Response(status_code=200)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus exposition (open, like /health)."""
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    api = APIRouter(dependencies=[Depends(authorize)])
+
+    @api.get("/v1/models")
+    async def models() -> Response:
+        """The served model under each of its names."""
+        engine = state.ready_engine().engine
+        root = str(engine.model_path)
+        cards = [ModelCard(name, started, root, engine.config.max_model_len) for name in state.served_model_names]
+        return _json(ModelList(cards))
+
+    @api.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        """OpenAI chat completions."""
+        return await create_chat_completion(state, request)
+
+    @api.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        """OpenAI (legacy) completions."""
+        return await create_completion(state, request)
+
+    @api.post("/tokenize")
+    async def tokenize(request: Request) -> Response:
+        """Token ids of a prompt, or of chat messages rendered with the chat template (vLLM's shape)."""
+        req = await state.read_body(request, TokenizeRequest)
+        state.check_model(req.model)
+        engine = state.ready_engine()
+        if (req.prompt is None) == (req.messages is None):
+            raise bad_request("pass exactly one of prompt and messages", "prompt")
+        if req.messages is not None:
+            tokens = render_chat(state, req.messages, req.chat_template_kwargs, req.add_generation_prompt)
+        else:
+            tokens = engine.tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens)
+        return _json(TokenizeResponse(len(tokens), engine.engine.config.max_model_len, tokens))
+
+    @api.post("/detokenize")
+    async def detokenize(request: Request) -> Response:
+        """Text of token ids."""
+        req = await state.read_body(request, DetokenizeRequest)
+        state.check_model(req.model)
+        engine = state.ready_engine()
+        vocab = engine.engine.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in req.tokens):
+            raise bad_request(f"token ids must be in [0, {vocab})", "tokens")
+        return _json(DetokenizeResponse(engine.tokenizer.decode(req.tokens)))
+
+    app.include_router(api)
+    return app
+
+
+def attach_engine(app: FastAPI, engine: AsyncEngine) -> None:
+    """Hand a loaded engine to an app created without one; /health turns 200."""
+    app.state.server.engine = engine
+

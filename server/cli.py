@@ -1,0 +1,205 @@
+"""`exaone-serve`: `serve` runs the OpenAI-compatible server, `generate` prints one completion.
+
+Flags are named as vLLM names them where the idea is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import threading
+from typing import Any, NoReturn
+
+from engine.errors import ModelLoadError
+from server.schemas import DEFAULT_MAX_REQUEST_BODY_BYTES
+
+logger = logging.getLogger("exaone-serve")
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag as one `error:` line and exit status 1, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def _byte_size(text: str) -> int:
+    """Bytes as a number with an optional unit: 1073741824, 4GiB, 512M."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?)?b?\s*", text, re.IGNORECASE)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected a size such as 4GiB or 512MiB, got {text!r}")
+    value = int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
+    return value
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"invalid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser for both subcommands."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", default=None,
+                        help="hub id (LGAI-EXAONE/EXAONE-4.0-1.2B), model directory or .gguf file; "
+                             "default: the embedded SmolLM2-135M-Instruct")
+    common.add_argument("--device", default="auto", help="cpu, cuda, cuda:N; auto picks cuda when available")
+    common.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: float32 on CPU, bfloat16 on GPU")
+    common.add_argument("--max-model-len", type=_positive_int, help="context length (prompt + output)")
+    common.add_argument("--max-num-seqs", type=_positive_int, help="most sequences in one batch")
+    common.add_argument("--max-num-batched-tokens", type=_positive_int, help="token budget of one step")
+    common.add_argument("--block-size", type=_positive_int, help="tokens per KV-cache block")
+    common.add_argument("--kv-cache-memory", type=_byte_size, help="KV-cache size in bytes (4GiB, 512MiB)")
+    common.add_argument("--gpu-memory-utilization", type=_fraction,
+                        help="share of GPU memory the engine may use when --kv-cache-memory is not set")
+    common.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                        help="debug also shows tracebacks and ignored request fields")
+
+    parser = _Parser(prog="exaone-serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    serve = sub.add_parser("serve", parents=[common], help="run the OpenAI-compatible HTTP server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--served-model-name", nargs="+", help="names clients use in `model` (default: --model)")
+    serve.add_argument("--api-key", default=os.environ.get("EXAONE_API_KEY"),
+                       help="require `Authorization: Bearer KEY` on /v1/* (default: $EXAONE_API_KEY)")
+    serve.add_argument("--max-queued-requests", type=_positive_int,
+                       help="bound of the waiting queue; past it requests get 503 with Retry-After")
+    serve.add_argument("--default-chat-template-kwargs", type=_json_object, default={},
+                       help='JSON object passed to the chat template, e.g. \'{"enable_thinking": false}\'')
+    serve.add_argument("--max-request-body-bytes", type=_byte_size, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
+                       help="larger bodies get 413 (default 4MiB)")
+    serve.set_defaults(func=serve_command)
+
+    gen = sub.add_parser("generate", parents=[common], help="print the completion of one prompt")
+    gen.add_argument("prompt")
+    gen.add_argument("--chat", action="store_true", help="send the prompt as a user message (chat template)")
+    gen.add_argument("--max-tokens", type=_positive_int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (the default)")
+    gen.add_argument("--seed", type=int)
+    gen.set_defaults(func=generate_command)
+    return parser
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device is available")
+    return name
+
+
+def _engine_args(args: argparse.Namespace) -> dict[str, Any]:
+    names = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_memory",
+             "gpu_memory_utilization")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def served_name(model: str | None) -> str:
+    """The name clients use by default: --model as given, or the embedded model's name."""
+    if model is not None:
+        return model
+    from engine.loader import default_model_path
+
+    return default_model_path().name.split(".")[0]
+
+
+def serve_command(args: argparse.Namespace) -> None:
+    """Start uvicorn at once (/health says 503) and load the model on a background thread."""
+    import uvicorn
+
+    from engine.async_engine import AsyncEngine
+    from engine.config import EngineConfig
+    from engine.llm_engine import LLMEngine
+    from server.app import attach_engine, create_app
+
+    device = _device(args.device)
+    names = args.served_model_name or [served_name(args.model)]
+    app = create_app(None, served_model_names=names, api_key=args.api_key,
+                     max_request_body_bytes=args.max_request_body_bytes,
+                     default_chat_template_kwargs=args.default_chat_template_kwargs)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
+    failure: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            engine = LLMEngine(args.model, device, args.dtype, EngineConfig(**_engine_args(args)))
+            attach_engine(app, AsyncEngine(engine, args.max_queued_requests))
+            logger.info("model loaded; serving %s on http://%s:%d/v1", names[0], args.host, args.port)
+        except BaseException as e:  # the server must not keep answering 503 for a model that cannot load
+            failure.append(e)
+            server.should_exit = True
+
+    threading.Thread(target=load, name="exaone-load", daemon=True).start()
+    try:
+        server.run()  # on Ctrl-C uvicorn drains, then re-raises the signal (KeyboardInterrupt: exit 130)
+    finally:
+        engine = app.state.server.engine
+        if engine is not None:
+            engine.shutdown()
+    if failure:
+        raise failure[0]
+
+
+def generate_command(args: argparse.Namespace) -> None:
+    """Load the model and print the completion of `args.prompt`."""
+    from engine.llm import LLM
+    from engine.sampling_params import SamplingParams
+
+    llm = LLM(model=args.model, device=_device(args.device), dtype=args.dtype, **_engine_args(args))
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    if args.chat:
+        outputs = llm.chat([{"role": "user", "content": args.prompt}], params)
+    else:
+        outputs = llm.generate(args.prompt, params)
+    print(outputs[0].outputs[0].text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point; errors print one `error:` line and exit 1 (tracebacks with --log-level debug)."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (ModelLoadError, ValueError) as e:
+        if args.log_level == "debug":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

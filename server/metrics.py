@@ -1,0 +1,130 @@
+"""Prometheus metrics named as vLLM names them, with the `exaone:` prefix."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from engine.outputs import RequestOutput
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+                    40.0, 80.0, 160.0, 640.0)
+_TOKEN_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+                          1.0, 2.5, 5.0, 10.0)
+
+
+class EngineStatsCollector(Collector):
+    """Gauges and the preemption counter read from the engine's stats at scrape time."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any] | None]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield the engine's current numbers (nothing while the model loads)."""
+        stats = self._stats()
+        if stats is None:
+            return
+        yield GaugeMetricFamily("exaone:num_requests_running", "Requests in the running batch.",
+                                value=stats["running"])
+        yield GaugeMetricFamily("exaone:num_requests_waiting", "Requests waiting to be scheduled.",
+                                value=stats["waiting"])
+        usage = GaugeMetricFamily("exaone:kv_cache_usage_perc",
+                                  "Fraction of KV-cache blocks in use, per layer kind (0 to 1).",
+                                  labels=["kind"])
+        blocks = GaugeMetricFamily("exaone:kv_cache_used_blocks", "KV-cache blocks in use, per layer kind.",
+                                   labels=["kind"])
+        for kind, total in stats["kv_blocks_total"].items():
+            used = stats["kv_blocks_used"].get(kind, 0)
+            usage.add_metric([kind], used / total if total else 0.0)
+            blocks.add_metric([kind], used)
+        yield usage
+        yield blocks
+        yield CounterMetricFamily("exaone:num_preemptions", "Sequences preempted (recomputed later).",
+                                  value=stats["num_preemptions"])
+
+
+class ServerMetrics:
+    """One registry per app, so several apps (tests) can live in one process."""
+
+    def __init__(self, engine_stats: Callable[[], dict[str, Any] | None]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.time_to_first_token = Histogram(
+            "exaone:time_to_first_token_seconds", "Time from arrival to the first output token.",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.inter_token_latency = Histogram(
+            "exaone:inter_token_latency_seconds", "Time between two outputs of a request.",
+            buckets=_TOKEN_LATENCY_BUCKETS, registry=r)
+        self.time_per_output_token = Histogram(
+            "exaone:request_time_per_output_token_seconds",
+            "Mean time per output token after the first, per request.", buckets=_TOKEN_LATENCY_BUCKETS, registry=r)
+        self.e2e_request_latency = Histogram(
+            "exaone:e2e_request_latency_seconds", "Time from arrival to the last output.",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.request_queue_time = Histogram(
+            "exaone:request_queue_time_seconds", "Time a request waited before its first step.",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("exaone:prompt_tokens", "Prompt tokens processed.", registry=r)
+        self.generation_tokens = Counter("exaone:generation_tokens", "Tokens generated.", registry=r)
+        self.request_success = Counter(
+            "exaone:request_success", "Finished sequences (one per choice) by finish reason.",
+            ["finished_reason"], registry=r)
+        r.register(EngineStatsCollector(engine_stats))
+
+    def track(self, num_prompt_tokens: int, num_choices: int) -> RequestTracker:
+        """Start timing one engine request."""
+        return RequestTracker(self, num_prompt_tokens, num_choices)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+class RequestTracker:
+    """Latency and token accounting of one engine request, fed with its stream of deltas."""
+
+    def __init__(self, metrics: ServerMetrics, num_prompt_tokens: int, num_choices: int) -> None:
+        self.metrics = metrics
+        self.arrival = time.monotonic()
+        self.first_token: float | None = None
+        self.last_output = self.arrival
+        self.num_generated = 0
+        self.num_choices = num_choices
+        self.finished_choices: set[int] = set()
+        self.num_prompt_tokens = num_prompt_tokens
+
+    def observe(self, out: RequestOutput) -> None:
+        """Account for one step's deltas."""
+        now = time.monotonic()
+        m = self.metrics
+        if self.first_token is None:
+            self.first_token = now
+            m.time_to_first_token.observe(now - self.arrival)
+            m.prompt_tokens.inc(self.num_prompt_tokens)
+        else:
+            m.inter_token_latency.observe(now - self.last_output)
+        self.last_output = now
+        for delta in out.outputs:
+            self.num_generated += len(delta.token_ids)
+            m.generation_tokens.inc(len(delta.token_ids))
+            if delta.finish_reason is not None:
+                self.finished_choices.add(delta.index)
+                m.request_success.labels(delta.finish_reason).inc()
+
+    def finish(self) -> None:
+        """Close the request: latencies, and `abort` for every choice that did not finish."""
+        m = self.metrics
+        now = time.monotonic()
+        m.e2e_request_latency.observe(now - self.arrival)
+        per_choice = self.num_generated / self.num_choices
+        if self.first_token is not None and per_choice > 1:
+            # the choices decode side by side, so time per token is per choice
+            m.time_per_output_token.observe((now - self.first_token) / (per_choice - 1))
+        aborted = self.num_choices - len(self.finished_choices)
+        if aborted:
+            m.request_success.labels("abort").inc(aborted)

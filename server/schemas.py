@@ -1,0 +1,263 @@
+"""OpenAI request and response bodies as msgspec Structs (validation and fast JSON in one place).
+
+Request Structs ignore unknown fields, as vLLM does; field names follow OpenAI, extras follow vLLM.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
+
+DEFAULT_MAX_REQUEST_BODY_BYTES = 4 << 20  # larger bodies get 413 unless the server is told otherwise
+
+# ---- requests --------------------------------------------------------------------------------
+
+
+class StreamOptions(Struct):
+    """`stream_options`: ask for a final usage chunk."""
+
+    include_usage: bool = False
+
+
+class ContentPart(Struct):
+    """One part of a message's content; only `{"type": "text", "text": ...}` is served."""
+
+    type: str
+    text: str | None = None
+
+
+class Message(Struct, kw_only=True):
+    """One chat message; tool fields are kept for the chat template."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class SamplingRequest(Struct, kw_only=True):
+    """Fields shared by chat and completions requests (vLLM's extras included)."""
+
+    model: str | None = None
+    n: int = 1
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    min_tokens: int = 0
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        """True when a streamed response ends with a usage chunk."""
+        return self.stream and self.stream_options is not None and self.stream_options.include_usage
+
+
+class ChatCompletionRequest(SamplingRequest, kw_only=True):
+    """POST /v1/chat/completions."""
+
+    messages: list[Message]
+    max_completion_tokens: int | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+class CompletionRequest(SamplingRequest, kw_only=True):
+    """POST /v1/completions; `prompt` is a string, strings, token ids, or lists of token ids."""
+
+    prompt: str | list[str | int | list[int]]
+    echo: bool = False
+    logprobs: int | None = None
+
+
+class TokenizeRequest(Struct, kw_only=True):
+    """POST /tokenize: a prompt, or chat messages rendered with the chat template."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+class DetokenizeRequest(Struct, kw_only=True):
+    """POST /detokenize."""
+
+    tokens: list[int]
+    model: str | None = None
+
+
+# ---- responses -------------------------------------------------------------------------------
+
+
+class UsageInfo(Struct):
+    """Token counts of a request."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class TopLogprob(Struct):
+    """One alternative token in chat logprobs."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class TokenLogprobEntry(Struct):
+    """Chat logprobs of one sampled token."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(Struct):
+    """`choices[i].logprobs` of a chat response or chunk."""
+
+    content: list[TokenLogprobEntry]
+    refusal: None = None
+
+
+class ChatMessageOut(Struct):
+    """The assistant message of a non-streaming chat choice."""
+
+    # The modes issue adds reasoning_content and tool_calls here.
+    role: str
+    content: str
+
+
+class ChatChoice(Struct):
+    """One choice of a chat completion."""
+
+    index: int
+    message: ChatMessageOut
+    logprobs: ChatLogprobs | None
+    finish_reason: str | None
+    stop_reason: str | int | None = None
+
+
+class ChatCompletionResponse(Struct):
+    """Body of a non-streaming chat completion."""
+
+    id: str
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: UsageInfo
+    object: str = "chat.completion"
+
+
+class DeltaMessage(Struct):
+    """What a chat chunk adds to a choice's message; empty in the chunk that carries finish_reason."""
+
+    role: str | UnsetType = UNSET
+    content: str | UnsetType = UNSET
+
+
+class ChatChunkChoice(Struct):
+    """One choice's delta in a chat chunk."""
+
+    index: int
+    delta: DeltaMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(Struct):
+    """One `data:` event of a streamed chat completion."""
+
+    id: str
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    object: str = "chat.completion.chunk"
+    # With include_usage every chunk carries "usage": null and the last one the numbers (as OpenAI).
+    usage: UsageInfo | UnsetType | None = UNSET
+
+
+class CompletionLogprobs(Struct):
+    """Legacy completions logprobs: parallel lists per token."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
+class CompletionChoice(Struct):
+    """One choice of a completion (also the shape of a streamed chunk's choice)."""
+
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None
+    finish_reason: str | None
+    stop_reason: str | int | None = None
+
+
+class CompletionResponse(Struct):
+    """Body of a completion, or one chunk of a streamed one (object `text_completion` in both)."""
+
+    id: str
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    object: str = "text_completion"
+    usage: UsageInfo | UnsetType | None = UNSET
+
+
+class ModelCard(Struct):
+    """One entry of GET /v1/models."""
+
+    id: str
+    created: int
+    root: str
+    max_model_len: int
+    object: str = "model"
+    owned_by: str = "exaone-serve"
+
+
+class ModelList(Struct):
+    """Body of GET /v1/models."""
+
+    data: list[ModelCard]
+    object: str = "list"
+
+
+class TokenizeResponse(Struct):
+    """Body of POST /tokenize."""
+
+    count: int
+    max_model_len: int
+    tokens: list[int]
+
+
+class DetokenizeResponse(Struct):
+    """Body of POST /detokenize."""
+
+    prompt: str
+
+
+def encode(obj: Any) -> bytes:
+    """JSON bytes of a response Struct."""
+    return msgspec.json.encode(obj)

@@ -1,0 +1,127 @@
+"""POST /v1/completions: prompts as text or token ids, echo, legacy logprobs, streaming."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import Response
+from msgspec import UNSET, UnsetType
+
+from engine.outputs import CompletionOutput, TokenLogprob
+from server.errors import bad_request
+from server.schemas import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    UsageInfo,
+)
+from server.serving import RequestGroup, ServerState
+from server.streaming import DONE, error_event, event, respond
+
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for legacy completions
+
+
+def prompt_inputs(state: ServerState, prompt: str | list[str | int | list[int]]) -> list[tuple[str | None, list[int]]]:
+    """(text if given as text, token ids) per prompt; 400 for an empty or mixed list."""
+    tokenizer = state.ready_engine().tokenizer
+    if isinstance(prompt, str):
+        return [(prompt, tokenizer.encode(prompt))]
+    if prompt and all(isinstance(p, str) for p in prompt):
+        return [(p, tokenizer.encode(p)) for p in prompt]
+    if prompt and all(isinstance(p, int) for p in prompt):
+        return [(None, list(prompt))]
+    if prompt and all(isinstance(p, list) for p in prompt):
+        return [(None, p) for p in prompt]
+    raise bad_request("prompt must be a string, a non-empty list of strings, a list of token ids, "
+                      "or a list of lists of token ids", "prompt")
+
+
+def completion_logprobs(state: ServerState, entries: list[TokenLogprob], offset: int) -> CompletionLogprobs:
+    """Legacy logprobs; each top_logprobs dict also holds the sampled token (as OpenAI and vLLM do)."""
+    tokens, token_logprobs, top, offsets = [], [], [], []
+    for e in entries:
+        text = state.token_text(e.token_id)
+        tokens.append(text)
+        token_logprobs.append(e.logprob)
+        top.append({**{state.token_text(t): lp for t, lp in e.top}, text: e.logprob})
+        offsets.append(offset)
+        offset += len(text)
+    return CompletionLogprobs(tokens, token_logprobs, top, offsets)
+
+
+async def create_completion(state: ServerState, request: Request) -> Response:
+    """Handle one completions request (one engine request per prompt)."""
+    req = await state.read_body(request, CompletionRequest)
+    state.check_model(req.model)
+    if req.echo and req.logprobs is not None:
+        raise bad_request("echo with logprobs needs prompt logprobs, which this server does not compute yet",
+                          "echo")
+    max_tokens = req.max_tokens if req.max_tokens is not None else DEFAULT_MAX_TOKENS
+    params = state.sampling_params(req, max_tokens, req.logprobs)
+    inputs = prompt_inputs(state, req.prompt)
+    tokenizer = state.ready_engine().tokenizer
+    echoes = [(text if text is not None else tokenizer.decode(ids, skip_special_tokens=False)) if req.echo else ""
+              for text, ids in inputs]
+    request_id = f"cmpl-{uuid.uuid4().hex}"
+    group = RequestGroup(state, request_id, [ids for _, ids in inputs], params)
+    created = int(time.time())
+    return await respond(request, group, req.stream,
+                         lambda: _stream(state, req, group, echoes, request_id, created),
+                         lambda: _collect(state, req, group, echoes, request_id, created))
+
+
+def _usage(group: RequestGroup, completion_tokens: int) -> UsageInfo:
+    prompt_tokens = sum(len(r.prompt_ids) for r in group.requests)
+    return UsageInfo(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+
+
+async def _collect(state: ServerState, req: CompletionRequest, group: RequestGroup, echoes: list[str],
+                   request_id: str, created: int) -> CompletionResponse:
+    n = req.n
+    samples = [CompletionOutput(i, "", []) for i in range(n * len(echoes))]
+    async for prompt, out in group.outputs():
+        for delta in out.outputs:
+            samples[prompt * n + delta.index].extend(delta)
+    choices = [
+        CompletionChoice(i, echoes[i // n] + s.text,
+                         completion_logprobs(state, s.logprobs or [], 0) if req.logprobs is not None else None,
+                         s.finish_reason, s.stop_reason)
+        for i, s in enumerate(samples)
+    ]
+    usage = _usage(group, sum(len(s.token_ids) for s in samples))
+    return CompletionResponse(request_id, created, state.model_name, choices, usage=usage)
+
+
+async def _stream(state: ServerState, req: CompletionRequest, group: RequestGroup, echoes: list[str],
+                  request_id: str, created: int) -> AsyncIterator[bytes]:
+    usage: UnsetType | None = None if req.include_usage else UNSET
+    n = req.n
+
+    def chunk(choice: CompletionChoice) -> bytes:
+        return event(CompletionResponse(request_id, created, state.model_name, [choice], usage=usage))
+
+    for i in range(n * len(echoes)):
+        if echoes[i // n]:
+            yield chunk(CompletionChoice(i, echoes[i // n], None, None))
+    offsets = [0] * (n * len(echoes))
+    completion_tokens = 0
+    try:
+        async for prompt, out in group.outputs():
+            for delta in out.outputs:
+                index = prompt * n + delta.index
+                completion_tokens += len(delta.token_ids)
+                logprobs = None
+                if req.logprobs is not None and delta.logprobs:
+                    logprobs = completion_logprobs(state, delta.logprobs, offsets[index])
+                    offsets[index] += sum(len(t) for t in logprobs.tokens)
+                if delta.text or logprobs is not None or delta.finish_reason is not None:
+                    yield chunk(CompletionChoice(index, delta.text, logprobs, delta.finish_reason, delta.stop_reason))
+    except Exception as e:
+        yield error_event(e)
+    if req.include_usage:
+        yield event(CompletionResponse(request_id, created, state.model_name, [], usage=_usage(group, completion_tokens)))
+    yield DONE

@@ -1,0 +1,127 @@
+"""`exaone-serve` as users run it: serve with an API key and a bounded queue, generate, errors; exaone-chat."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+from harness import assert_openai_error, free_port, metric, wait_for
+
+from clients.chat import ChatSession
+
+KEY = "sk-test-0123456789"
+MODEL = "tiny"
+EXAONE_SERVE = str(Path(sys.executable).parent / "exaone-serve")
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([EXAONE_SERVE, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def base_url(tiny_models):
+    port = free_port()
+    proc = subprocess.Popen(
+        [EXAONE_SERVE, "serve", "--model", str(tiny_models["llama"]), "--served-model-name", MODEL,
+         "--port", str(port), "--api-key", KEY, "--max-num-seqs", "1", "--max-queued-requests", "2",
+         "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            return httpx2.get(f"{url}/health").status_code == 200
+        except httpx2.TransportError:
+            return False
+
+    try:
+        wait_for(healthy, timeout=120, interval=0.2)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    # Ctrl-C: uvicorn drains and re-raises SIGINT, which ends the CLI quietly with the shell's 130
+    assert proc.returncode == 130 and "Traceback" not in output, output
+
+
+def test_auth_guards_the_api_but_not_health_or_metrics(base_url):
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        for method, path, body in (("POST", "/v1/chat/completions", chat), ("GET", "/v1/models", None),
+                                   ("POST", "/tokenize", {"prompt": "hi"})):
+            r = httpx2.request(method, f"{base_url}{path}", json=body, headers=headers)
+            assert assert_openai_error(r, 401)["code"] == "invalid_api_key"
+    assert httpx2.get(f"{base_url}/health").status_code == 200
+    assert httpx2.get(f"{base_url}/metrics").status_code == 200
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{base_url}/v1", api_key="wrong", max_retries=0).models.list()
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert client.chat.completions.create(**chat).usage.completion_tokens >= 1
+
+
+def test_burst_past_the_queue_bound_gets_503_and_never_hangs(base_url):
+    body = {"model": MODEL, "prompt": "one two three", "max_tokens": 48, "ignore_eos": True}
+    barrier = threading.Barrier(20)
+    results: list[httpx2.Response] = []
+
+    def send() -> None:
+        with httpx2.Client(headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as client:
+            barrier.wait()
+            results.append(client.post(f"{base_url}/v1/completions", json=body))
+
+    threads = [threading.Thread(target=send) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=90)
+    assert len(results) == 20 and not any(t.is_alive() for t in threads)
+    rejected = [r for r in results if r.status_code == 503]
+    accepted = [r for r in results if r.status_code == 200]
+    assert rejected and accepted and len(rejected) + len(accepted) == 20
+    for r in rejected:
+        assert int(r.headers["retry-after"]) >= 1
+        assert assert_openai_error(r, 503)["code"] == "overloaded"
+    assert all(r.json()["usage"]["completion_tokens"] == 48 for r in accepted)
+    assert metric(base_url, "exaone:num_requests_waiting") == 0
+
+
+def test_chat_client_keeps_history_and_resets(base_url):
+    out = io.StringIO()
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
+    session = ChatSession(client, MODEL, system="Be brief.", max_tokens=4, out=out)
+    first = session.send("Hello")
+    session.send("And again")
+    assert [m["role"] for m in session.history] == ["system", "user", "assistant", "user", "assistant"]
+    assert session.history[2]["content"] == first and out.getvalue().startswith(first)
+    session.reset()
+    assert session.history == [{"role": "system", "content": "Be brief."}]
+
+
+def test_generate_prints_the_completion():
+    result = run_cli("generate", "--chat", "What is the capital of France?", "--max-tokens", "16")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["generate", "--model", "/no/such/model", "hi"], "/no/such/model"),
+    (["serve", "--max-num-seqs", "0"], "--max-num-seqs"),
+    (["serve", "--default-chat-template-kwargs", "[1]"], "JSON object"),
+    (["generate", "--model", "{tiny}", "--max-model-len", "8", "hello " * 20], "max_model_len (8)"),
+])
+def test_errors_are_one_line_and_exit_1(tiny_models, args, expected):
+    result = run_cli(*[a.replace("{tiny}", str(tiny_models["llama"])) for a in args])
+    assert result.returncode == 1
+    # the weight-loading progress bar may come first; the error itself is one line, without a traceback
+    lines = result.stderr.strip().splitlines()
+    assert "Traceback" not in result.stderr and [line for line in lines if "error" in line] == lines[-1:]
+    assert lines[-1].startswith("error: ") and expected in lines[-1], result.stderr

@@ -1,0 +1,194 @@
+"""The official openai SDK against a real uvicorn serving the embedded default model (real text)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx2
+import pytest
+from harness import live_server, make_engine
+from openai import OpenAI
+
+from server.app import create_app
+
+MODEL = "smollm2"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+COUNTING = "1, 2, 3, 4, 5,"
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    engine = make_engine(None, max_model_len=1024)
+    try:
+        with live_server(create_app(engine, served_model_names=[MODEL, "alias"])) as url:
+            yield url
+    finally:
+        engine.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(base_url: str) -> OpenAI:
+    return OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def tokenize(base_url: str, **body) -> list[int]:
+    response = httpx2.post(f"{base_url}/tokenize", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()["tokens"]
+
+
+def test_chat_answers_with_usage_equal_to_token_counts(client, base_url):
+    r = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=16, temperature=0,
+                                       logprobs=True)
+    choice = r.choices[0]
+    assert r.object == "chat.completion" and r.model == MODEL and r.id.startswith("chatcmpl-")
+    assert choice.index == 0 and choice.message.role == "assistant"
+    assert "Paris" in choice.message.content
+    assert r.usage.prompt_tokens == len(tokenize(base_url, messages=QUESTION))
+    assert r.usage.completion_tokens == len(choice.logprobs.content)
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    if choice.finish_reason == "length":
+        assert r.usage.completion_tokens == 16
+    else:
+        assert choice.finish_reason == "stop"
+
+
+def test_chat_stream_is_role_deltas_finish_usage(client):
+    kwargs = {"model": MODEL, "messages": QUESTION, "max_tokens": 12, "temperature": 0}
+    full = client.chat.completions.create(**kwargs)
+    chunks = list(client.chat.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+    first, last = chunks[0], chunks[-1]
+    assert first.choices[0].delta.role == "assistant" and first.choices[0].delta.content == ""
+    assert all(c.object == "chat.completion.chunk" and c.id == first.id for c in chunks)
+    body = chunks[1:-1]
+    assert "".join(c.choices[0].delta.content or "" for c in body) == full.choices[0].message.content
+    finishes = [c.choices[0].finish_reason for c in body if c.choices[0].finish_reason]
+    assert finishes == [full.choices[0].finish_reason]
+    assert body[-1].choices[0].finish_reason is not None  # the finish chunk closes the choice
+    assert last.choices == [] and last.usage == full.usage
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+def test_stream_wire_format_ends_with_done(base_url):
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 4, "temperature": 0, "stream": True}
+    with httpx2.stream("POST", f"{base_url}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        text = r.read().decode()
+    events = [e for e in text.split("\n\n") if e.strip()]
+    assert all(e.startswith("data: ") for e in events), events
+    assert events[-1] == "data: [DONE]"
+    payloads = [json.loads(e[len("data: "):]) for e in events[:-1]]
+    assert payloads[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert payloads[-1]["choices"][0]["delta"] == {} and payloads[-1]["choices"][0]["finish_reason"]
+    assert all("usage" not in p for p in payloads)  # only with stream_options.include_usage
+
+
+def test_completions_accept_text_token_ids_lists_and_echo(client, base_url):
+    kwargs = {"model": MODEL, "max_tokens": 6, "temperature": 0}
+    one = client.completions.create(prompt=COUNTING, **kwargs)
+    ids = tokenize(base_url, prompt=COUNTING)
+    assert one.object == "text_completion" and one.id.startswith("cmpl-")
+    assert one.usage.prompt_tokens == len(ids)
+    assert one.choices[0].finish_reason == "length" and one.usage.completion_tokens == 6
+    text = one.choices[0].text
+    assert client.completions.create(prompt=ids, **kwargs).choices[0].text == text
+    other = "The capital of France is"
+    two = client.completions.create(prompt=[COUNTING, other], **kwargs)
+    assert [c.index for c in two.choices] == [0, 1]
+    assert two.choices[0].text == text
+    assert two.usage.prompt_tokens == len(ids) + len(tokenize(base_url, prompt=other))
+    assert two.usage.completion_tokens == 12
+    nested = client.completions.create(prompt=[ids, tokenize(base_url, prompt=other)], **kwargs)
+    assert [c.text for c in nested.choices] == [c.text for c in two.choices]
+    echoed = client.completions.create(prompt=COUNTING, echo=True, **kwargs)
+    assert echoed.choices[0].text == COUNTING + text
+
+
+def test_completions_stream_matches_and_reports_usage(client):
+    kwargs = {"model": MODEL, "prompt": COUNTING, "max_tokens": 6, "temperature": 0}
+    full = client.completions.create(**kwargs)
+    chunks = list(client.completions.create(**kwargs, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks[:-1]) == full.choices[0].text
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage == full.usage
+
+
+def test_completion_logprobs_have_the_legacy_shape(client):
+    r = client.completions.create(model=MODEL, prompt=COUNTING, max_tokens=5, temperature=0, logprobs=3)
+    choice = r.choices[0]
+    lp = choice.logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 5
+    assert "".join(lp.tokens) == choice.text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(5)]
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert logprob <= 0 and 3 <= len(top) <= 4 and top[token] == logprob
+        assert logprob == pytest.approx(max(top.values()))  # greedy picks the most likely token
+
+
+def test_chat_logprobs_and_top_logprobs(client):
+    r = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=6, temperature=0,
+                                       logprobs=True, top_logprobs=3)
+    entries = r.choices[0].logprobs.content
+    assert len(entries) == r.usage.completion_tokens
+    for e in entries:
+        assert len(e.top_logprobs) == 3 and e.bytes == list(e.token.encode())
+        assert e.token == e.top_logprobs[0].token and e.logprob == pytest.approx(e.top_logprobs[0].logprob)
+        assert e.top_logprobs[0].logprob >= e.top_logprobs[1].logprob >= e.top_logprobs[2].logprob
+    assert "".join(e.token for e in entries) == r.choices[0].message.content
+    assert r.choices[0].logprobs is not None
+    assert client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2).choices[0].logprobs is None
+
+
+def test_n2_gives_two_choices_streamed_by_index(client):
+    kwargs = {"model": MODEL, "messages": QUESTION, "max_tokens": 8, "temperature": 1.0, "seed": 11, "n": 2}
+    full = client.chat.completions.create(**kwargs, logprobs=True)
+    assert [c.index for c in full.choices] == [0, 1]
+    assert full.usage.completion_tokens == sum(len(c.logprobs.content) for c in full.choices)
+    texts: dict[int, str] = {0: "", 1: ""}
+    roles, finishes = [], []
+    for chunk in client.chat.completions.create(**kwargs, stream=True):
+        (choice,) = chunk.choices
+        roles += [choice.index] if choice.delta.role else []
+        texts[choice.index] += choice.delta.content or ""
+        finishes += [choice.index] if choice.finish_reason else []
+    assert sorted(roles) == [0, 1] and sorted(finishes) == [0, 1]
+    assert texts == {c.index: c.message.content for c in full.choices}
+
+
+def test_stop_strings_cut_the_text_streaming_or_not(client):
+    kwargs = {"model": MODEL, "prompt": COUNTING, "max_tokens": 12, "temperature": 0}
+    free = client.completions.create(**kwargs).choices[0].text
+    stop = free.split()[2]  # e.g. "8," : a string the greedy text reaches after a few tokens
+    expected = free[: free.index(stop)]
+    stopped = client.completions.create(**kwargs, stop=[stop, "never-produced"]).choices[0]
+    assert stopped.text == expected and stopped.finish_reason == "stop"
+    streamed = list(client.completions.create(**kwargs, stop=stop, stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == expected
+    assert streamed[-1].choices[0].finish_reason == "stop"
+
+
+def test_seed_makes_sampling_reproducible(client):
+    def sample(seed: int) -> str:
+        return client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=10, temperature=1.0,
+                                              seed=seed).choices[0].message.content
+
+    assert sample(1234) == sample(1234)
+    assert len({sample(1), sample(2), sample(3)}) > 1
+
+
+def test_models_list_and_aliases(client):
+    models = client.models.list().data
+    assert [m.id for m in models] == [MODEL, "alias"]
+    assert all(m.object == "model" and m.owned_by == "exaone-serve" for m in models)
+    assert models[0].model_extra["max_model_len"] == 1024
+    r = client.chat.completions.create(model="alias", messages=QUESTION, max_tokens=2)
+    assert r.model == MODEL
+
+
+def test_tokenize_detokenize_round_trip(base_url):
+    ids = tokenize(base_url, prompt=COUNTING, add_special_tokens=False)
+    r = httpx2.post(f"{base_url}/detokenize", json={"tokens": ids})
+    assert r.status_code == 200 and r.json() == {"prompt": COUNTING}
+    info = httpx2.post(f"{base_url}/tokenize", json={"prompt": COUNTING}).json()
+    assert info["count"] == len(info["tokens"]) and info["max_model_len"] == 1024
