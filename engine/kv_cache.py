@@ -66,11 +66,8 @@ class KVCacheManager:
         self.specs = pools
         self.block_size = block_size
         self.pools = {kind: BlockPool(num_blocks[kind]) for kind in pools}
-        # A step reads the last W-1 cached tokens plus the chunk it computes: that many blocks, +1 for
-        # a window that does not start on a block boundary.
         self.ring_blocks = {
-            kind: math.ceil((spec.window - 1 + max_chunk) / block_size) + 1
-            for kind, spec in pools.items() if spec.window is not None
+            kind: ring_size(spec.window, block_size, max_chunk) for kind, spec in pools.items() if spec.window is not None
         }
 
     def _needed_range(self, kind: str, num_computed: int, num_new: int) -> tuple[int, int]:
@@ -175,16 +172,28 @@ def steady_blocks_per_seq(spec: PoolSpec, num_tokens: int, block_size: int, chun
     return min(math.ceil(num_tokens / block_size), math.ceil((spec.window - 1 + chunk) / block_size) + 1)
 
 
-def split_budget(pools: dict[str, PoolSpec], bytes_per_layer_block: int, budget: int, max_model_len: int,
-                 block_size: int, max_chunk: int) -> dict[str, int]:
-    """Number of blocks per pool: the budget split in proportion to what a max_model_len sequence uses."""
-    weights = {
-        kind: spec.num_layers * bytes_per_layer_block
-        * steady_blocks_per_seq(spec, max_model_len, block_size, max_chunk)
-        for kind, spec in pools.items()
-    }
-    total = sum(weights.values())
-    return {
-        kind: max(1, int(budget * weights[kind] / total) // (spec.num_layers * bytes_per_layer_block))
-        for kind, spec in pools.items()
-    }
+def split_budget(pools: dict[str, PoolSpec], bytes_per_layer_block: int, budget: int, max_num_seqs: int,
+                 ring_blocks: dict[str, int]) -> dict[str, int]:
+    """Number of blocks per pool for a byte budget.
+
+    Sequences shorter than the window use as many blocks in every pool, so start from the same block
+    count everywhere; a sliding pool never needs more than one full ring per running sequence, and
+    what it would hold beyond that goes to the global pool.
+    """
+    layer_bytes = {kind: spec.num_layers * bytes_per_layer_block for kind, spec in pools.items()}
+    even = budget // sum(layer_bytes.values())
+    blocks = dict.fromkeys(pools, even)
+    spare = 0
+    for kind in ring_blocks:
+        cap = max_num_seqs * ring_blocks[kind]
+        if blocks[kind] > cap:
+            spare += (blocks[kind] - cap) * layer_bytes[kind]
+            blocks[kind] = cap
+    if "global" in blocks:
+        blocks["global"] += spare // layer_bytes["global"]
+    return {kind: max(1, n) for kind, n in blocks.items()}
+
+
+def ring_size(window: int, block_size: int, max_chunk: int) -> int:
+    """Ring entries a sliding sequence needs: the last W-1 tokens plus a chunk, +1 for misalignment."""
+    return math.ceil((window - 1 + max_chunk) / block_size) + 1

@@ -13,7 +13,7 @@ from engine.attention import TorchAttentionBackend
 from engine.config import EngineConfig, ModelConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import RequestRejected
-from engine.kv_cache import KVCacheManager, PoolSpec, split_budget, steady_blocks_per_seq
+from engine.kv_cache import KVCacheManager, PoolSpec, ring_size, split_budget, steady_blocks_per_seq
 from engine.loader import iter_weights, load_config, resolve_model, tokenizer_path
 from engine.model import HybridTransformer
 from engine.model_runner import ModelRunner
@@ -91,8 +91,9 @@ class LLMEngine:
             budget = int(free - total * (1 - cfg.gpu_memory_utilization))
         if budget is None:
             budget = CPU_DEFAULT_KV_BYTES
-        num_blocks = split_budget(pools, bytes_per_layer_block, budget, cfg.max_model_len, cfg.block_size,
-                                  cfg.max_num_batched_tokens)
+        rings = {kind: ring_size(spec.window, cfg.block_size, cfg.max_num_batched_tokens)
+                 for kind, spec in pools.items() if spec.window is not None}
+        num_blocks = split_budget(pools, bytes_per_layer_block, budget, cfg.max_num_seqs, rings)
         return KVCacheManager(pools, num_blocks, cfg.block_size, cfg.max_num_batched_tokens)
 
     # ---- requests -------------------------------------------------------------------------

@@ -3,7 +3,14 @@
 import math
 import random
 
-from engine.kv_cache import BlockTable, KVCacheManager, PoolSpec, split_budget, steady_blocks_per_seq
+from engine.kv_cache import (
+    BlockTable,
+    KVCacheManager,
+    PoolSpec,
+    ring_size,
+    split_budget,
+    steady_blocks_per_seq,
+)
 
 
 def test_32b_shaped_hybrid_cache_is_under_30_percent_of_all_global():
@@ -19,7 +26,7 @@ def test_32b_shaped_hybrid_cache_is_under_30_percent_of_all_global():
     assert ratio <= 0.30, ratio
     # A budget for 8 such sequences fits ~3x more of them in the hybrid layout.
     budget = 8 * seq_bytes(all_global)
-    blocks = split_budget(hybrid, layer_bytes, budget, tokens, block, max_chunk=1)
+    blocks = split_budget(hybrid, layer_bytes, budget, max_num_seqs=32, ring_blocks={"sliding": ring_size(4096, block, 1)})
     fits = min(blocks[k] // steady_blocks_per_seq(s, tokens, block) for k, s in hybrid.items())
     assert fits >= 3 * 8
 
