@@ -66,9 +66,6 @@ class ServerMetrics:
         self.e2e_request_latency = Histogram(
             "exaone:e2e_request_latency_seconds", "Time from arrival to the last output.",
             buckets=_LATENCY_BUCKETS, registry=r)
-        self.request_queue_time = Histogram(
-            "exaone:request_queue_time_seconds", "Time a request waited before its first step.",
-            buckets=_LATENCY_BUCKETS, registry=r)
         self.prompt_tokens = Counter("exaone:prompt_tokens", "Prompt tokens processed.", registry=r)
         self.generation_tokens = Counter("exaone:generation_tokens", "Tokens generated.", registry=r)
         self.request_success = Counter(

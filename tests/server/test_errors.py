@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
@@ -168,3 +169,26 @@ def test_health_is_503_until_the_engine_is_attached(engine):
         assert http.get("/health").status_code == 200
         assert http.get("/v1/models").json()["data"][0]["id"] == MODEL
         assert_still_serving(http)
+
+
+def test_engine_crash_ends_streams_with_an_error_then_answers_500(tiny_models):
+    engine = make_engine(str(tiny_models["llama"]), max_model_len=MAX_MODEL_LEN)
+
+    def crash() -> list:
+        raise RuntimeError("kernel exploded")
+
+    engine.engine.step = crash  # the step loop dies on the first request
+    try:
+        with live_server(create_app(engine, served_model_names=[MODEL])) as url, \
+                httpx2.Client(base_url=url, timeout=30) as http:
+            r = http.post("/v1/chat/completions", json=chat(stream=True))
+            assert r.status_code == 200  # the stream had started when the engine died
+            events = [e.removeprefix("data: ") for e in r.text.split("\n\n") if e]
+            assert events[-1] == "[DONE]"
+            error = json.loads(events[-2])["error"]
+            assert error["code"] == "engine_dead" and "kernel exploded" in error["message"]
+            assert_openai_error(http.get("/health"), 500)
+            error = assert_openai_error(http.post("/v1/completions", json={"prompt": "hi"}), 500)
+            assert error["code"] == "engine_dead"
+    finally:
+        engine.shutdown()

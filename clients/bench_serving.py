@@ -1,0 +1,102 @@
+"""Serving throughput: the prompts of benchmarks/throughput.py through HTTP, C concurrent streams.
+
+    .venv/bin/python -m clients.bench_serving --concurrency 16        # starts `exaone-serve serve` itself
+    .venv/bin/python -m clients.bench_serving --base-url http://127.0.0.1:8000/v1
+
+Compare with `benchmarks/throughput.py --max-num-seqs C` (same prompts, same output length, greedy):
+the difference is what HTTP, SSE and the asyncio front add to the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
+from openai import AsyncOpenAI
+
+
+def chat_prompts(n: int) -> list[list[dict]]:
+    """The conversations benchmarks/throughput.py generates, so both numbers measure the same work."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+    spec = importlib.util.spec_from_file_location("throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.chat_prompts(n)
+
+
+async def run(base_url: str, api_key: str, args: argparse.Namespace) -> tuple[int, float]:
+    """(output tokens, seconds) for all prompts, at most `concurrency` streams at a time."""
+    client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=3600)
+    model = (await client.models.list()).data[0].id
+    gate = asyncio.Semaphore(args.concurrency)
+
+    async def one(messages: list[dict], max_tokens: int) -> int:
+        async with gate:
+            stream = await client.chat.completions.create(
+                model=model, messages=messages, max_tokens=max_tokens, temperature=0, stream=True,
+                stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
+            usage = 0
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    usage = chunk.usage.completion_tokens
+            return usage
+
+    prompts = chat_prompts(args.num_prompts)
+    await asyncio.gather(*(one(p, 2) for p in prompts[:2]))  # warm-up, as throughput.py does
+    start = time.perf_counter()
+    tokens = await asyncio.gather(*(one(p, args.output_tokens) for p in prompts))
+    return sum(tokens), time.perf_counter() - start
+
+
+def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+    """`exaone-serve serve` on a free port, once /health says ready."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [str(Path(sys.executable).parent / "exaone-serve"), "serve", "--port", str(port),
+               "--max-num-seqs", str(args.concurrency), "--max-num-batched-tokens", str(args.max_num_batched_tokens),
+               "--log-level", "warning"]
+    proc = subprocess.Popen(command + (["--model", args.model] if args.model else []))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx2.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                return proc, f"http://127.0.0.1:{port}/v1"
+        except httpx2.TransportError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    sys.exit("error: the server did not become ready")
+
+
+def main() -> None:
+    """Print output tokens per second through HTTP."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base-url", help="a running server; default: start one")
+    parser.add_argument("--api-key", default="EMPTY")
+    parser.add_argument("--model", default=None, help="for the server this script starts")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--output-tokens", type=int, default=128)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=512)
+    args = parser.parse_args()
+    proc, base_url = (None, args.base_url) if args.base_url else start_server(args)
+    try:
+        generated, seconds = asyncio.run(run(base_url, args.api_key, args))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    print(f"http concurrency={args.concurrency}: {generated} tokens in {seconds:.1f} s = "
+          f"{generated / seconds:.1f} output tok/s")
+
+
+if __name__ == "__main__":
+    main()
