@@ -147,15 +147,26 @@ class Sampler:
 
     @staticmethod
     def _top_k_top_p(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-        """Mask all but each row's top_k tokens, then all past its top_p mass; one sort for both."""
+        """Keep each row's top_k tokens, then the fewest whose mass reaches top_p; mask the rest.
+
+        Both keep a prefix of the row sorted by logit, so one (partial) sort finds each row's last
+        kept logit and everything below it is masked; tokens tied with that logit stay.
+        """
         device, vocab_size = logits.device, logits.shape[1]
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        top_k = torch.tensor([p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params], device=device)
-        remove = torch.arange(vocab_size, device=device)[None, :] >= top_k[:, None]
-        sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
-        top_p = torch.tensor([p.top_p for p in params], device=device)[:, None]
-        sorted_probs = torch.softmax(sorted_logits, dim=-1)
-        # A token goes when the tokens before it already hold top_p of the mass; the first always stays.
-        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs
-        remove |= (mass_before >= top_p) & (top_p < 1.0)
-        return logits.masked_fill(torch.empty_like(remove).scatter_(1, order, remove), float("-inf"))
+        top_k = [p.top_k if 0 < p.top_k < vocab_size else vocab_size for p in params]
+        keep = torch.tensor(top_k, device=device)[:, None]
+        if all(p.top_p >= 1.0 for p in params):
+            ordered = logits.topk(max(top_k), dim=-1).values  # far cheaper than a full sort on CPU
+        else:
+            ordered = logits.sort(dim=-1, descending=True).values
+            positions = torch.arange(vocab_size, device=device)[None, :]
+            probs = torch.softmax(ordered.masked_fill(positions >= keep, float("-inf")), dim=-1)
+            # A token stays while the tokens before it hold less than top_p (the first always does);
+            # top_p = 1 becomes inf so rounding in the cumsum never cuts the tail.
+            mass_before = probs.cumsum(dim=-1) - probs
+            top_p = torch.tensor([p.top_p if p.top_p < 1.0 else float("inf") for p in params], device=device)
+            kept_by_p = (mass_before < top_p[:, None]).sum(dim=-1, keepdim=True)
+            # clamp: a row of all -inf (everything banned) has NaN mass and would keep nothing.
+            keep = torch.minimum(keep, kept_by_p.clamp_min(1))
+        threshold = ordered.gather(1, keep - 1)
+        return logits.masked_fill(logits < threshold, float("-inf"))

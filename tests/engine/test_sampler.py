@@ -82,6 +82,7 @@ def test_top_k_top_p_and_min_p_keep_the_right_support() -> None:
     assert set(draws(logits, 4000, top_p=0.75)) == {0, 1, 2}  # 0.4 + 0.25 < 0.75 <= 0.8
     assert set(draws(logits, 4000, min_p=0.2)) == {0, 1, 2, 3}  # keeps p >= 0.08
     assert set(draws(logits, 4000, top_k=4, top_p=0.9, min_p=0.3)) == {0, 1, 2}
+    assert set(draws(logits, 4000, top_k=2, top_p=0.6)) == {0}  # top_p counts mass renormalised over top_k
     counts = draws(logits, 20_000, top_k=2)
     assert abs(counts[0] / 20_000 - 0.4 / 0.65) < 0.02
 
