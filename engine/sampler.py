@@ -107,8 +107,8 @@ class Sampler:
         """Repetition penalty over prompt + output (HF), presence/frequency over output (OpenAI)."""
         device, vocab_size = logits.device, logits.shape[1]
         output_counts = _counts([r.output_token_ids for r in rows], vocab_size, device)
-        repetition = torch.tensor([r.params.repetition_penalty for r in rows], device=device)[:, None]
-        if (repetition != 1.0).any():
+        if any(r.params.repetition_penalty != 1.0 for r in rows):  # a host-side check: no device sync
+            repetition = torch.tensor([r.params.repetition_penalty for r in rows], device=device)[:, None]
             seen = (_counts([r.prompt_token_ids for r in rows], vocab_size, device) > 0) | (output_counts > 0)
             scaled = torch.where(logits > 0, logits / repetition, logits * repetition)
             logits = torch.where(seen, scaled, logits)
