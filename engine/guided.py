@@ -104,7 +104,7 @@ def _response_schema(response_format: Any) -> Any | None:
 
 
 def _tool_choice(tool_choice: Any, schemas: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
-    """('none' | 'auto' | 'required', the tools the grammar offers) for a request's tool_choice."""
+    """('none' | 'auto' | 'required' | 'named', the tools the grammar offers) for a request's tool_choice."""
     if tool_choice in (None, "none", "auto", "required"):
         mode = tool_choice or ("auto" if schemas else "none")
         if mode != "none" and not schemas:
@@ -117,7 +117,7 @@ def _tool_choice(tool_choice: Any, schemas: dict[str, Any] | None) -> tuple[str,
         raise ValueError("tool_choice names a function but no tools were given")
     if name not in schemas:
         raise ValueError(f"tool_choice names {name!r}, which is not in tools ({', '.join(schemas)})")
-    return "required", {name: schemas[name]}
+    return "named", {name: schemas[name]}
 
 
 class GuidedDecoding:
@@ -135,7 +135,8 @@ class GuidedDecoding:
                           reasoning: bool = False) -> Callable[[], LogitsProcessor] | None:
         """Validate and compile a request's constraint; None when nothing is constrained.
 
-        tool_choice required/named: only `<tool_call>` lines (one if not parallel_tool_calls), then EOS;
+        tool_choice required: only `<tool_call>` lines (one if not parallel_tool_calls), then EOS; named:
+        exactly one call of that function, then EOS;
         auto: free text in which every opened `<tool_call>` is completed by the grammar; response_format:
         a JSON value of the schema (auto with tools: that, or tool calls). Raises ValueError naming the field.
         """
@@ -143,9 +144,9 @@ class GuidedDecoding:
         mode, offered = _tool_choice(tool_choice, schemas)
         response = _response_schema(response_format)
         tags = [_call_tag(name, schema) for name, schema in offered.items()]
-        one = not parallel_tool_calls
+        one = not parallel_tool_calls or mode == "named"  # a named choice is one call of that function
         body: Format
-        if mode == "required":
+        if mode in ("required", "named"):
             body = TagsWithSeparatorFormat(tags=tags, separator="\n", at_least_one=True, stop_after_first=one)
         elif mode == "auto" and response is not None:
             calls = TagsWithSeparatorFormat(tags=tags, separator="\n", at_least_one=True, stop_after_first=one)
@@ -217,7 +218,9 @@ class GuidedProcessor:
                 self._matcher = xgrammar.GrammarMatcher(self._compiled)
                 # the token that closed `</think>` may carry the start of what follows
                 self._broken = bool(self._tracker.after) and not self._matcher.accept_string(self._tracker.after)
-        elif not self._broken and not self._matcher.accept_token(token):
+        elif self._matcher.is_terminated():
+            return  # EOS was accepted; with ignore_eos the output goes on, and only EOS stays allowed
+        elif not self._matcher.accept_token(token):
             self._broken = True
         if self._broken:
             logger.warning("guided decoding: output left the grammar at token %d; constraint dropped", token)
