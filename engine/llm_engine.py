@@ -74,6 +74,7 @@ class LLMEngine:
         self.scheduler = Scheduler(cfg, self.kv)
         self.sampler = Sampler(self.eos_token_ids)
         self.requests: dict[str, list[Sequence]] = {}
+        self.prompts: dict[str, list[int]] = {}
         self._seq_ids = itertools.count()
 
     def _make_kv_manager(self) -> KVCacheManager:
@@ -124,6 +125,7 @@ class LLMEngine:
         parent = seqs[0]
         parent.children = seqs[1:]
         self.requests[request_id] = seqs
+        self.prompts[request_id] = prompt_ids
         self.scheduler.add(parent)
         return prompt_ids
 
@@ -154,6 +156,7 @@ class LLMEngine:
 
     def abort(self, request_id: str) -> None:
         """Stop a request now and free its blocks."""
+        self.prompts.pop(request_id, None)
         for seq in self.requests.pop(request_id, []):
             if not seq.is_finished:
                 seq.finish_reason = "abort"
@@ -186,10 +189,18 @@ class LLMEngine:
                 logit_rows.append(row)
         if len(logit_rows) != len(sample_rows):
             logits = logits[logit_rows]
-        rows = [SamplingRow(s.params, s.token_ids[: s.num_prompt_tokens], s.output_token_ids, s.generator)
-                for s in samplers]
+        rows = [self._sampling_row(s) for s in samplers]
         sampled = self.sampler(logits, rows)
         return self._process(samplers, sampled)
+
+    @staticmethod
+    def _sampling_row(seq: Sequence) -> SamplingRow:
+        """The sampler's view of a sequence; token lists are copied only when something reads them."""
+        p = seq.params
+        penalties = p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
+        wants_output = penalties or p.repetition_penalty != 1.0 or bool(p.logits_processors) or p.min_tokens > 0
+        prompt = seq.token_ids[: seq.num_prompt_tokens] if p.repetition_penalty != 1.0 else []
+        return SamplingRow(p, prompt, seq.output_token_ids if wants_output else [], seq.generator)
 
     def _fork_children(self, parent: Sequence) -> list[Sequence]:
         """Once sample 1's prompt is in the cache, samples 2..n share its blocks and start decoding."""
@@ -227,24 +238,32 @@ class LLMEngine:
                 k = params.logprobs
                 top = list(zip(top_ids[i][:k], top_lps[i][:k], strict=True)) if k and top_ids else []
                 lp = [TokenLogprob(token, logprobs[i], top)]
-            text = seq.detokenizer.update([token])
-            self._check_stop(seq, token)
+            ended_by_token = self._ends_on_token(seq, token)
+            # The eos / stop token itself is not text of the answer (as in vLLM).
+            text = "" if ended_by_token else seq.detokenizer.update([token])
+            self._check_stop(seq, token, ended_by_token)
             if seq.is_finished and not seq.detokenizer.finished:
                 text += seq.detokenizer.flush()
             deltas[seq.request_id].append(
                 CompletionOutput(seq.index, text, [token], lp, seq.finish_reason, seq.stop_reason))
         return self._request_outputs(deltas)
 
-    def _check_stop(self, seq: Sequence, token: int) -> None:
+    def _ends_on_token(self, seq: Sequence, token: int) -> bool:
+        """True when `token` is an eos or stop token that ends this sequence."""
+        params = seq.params
+        if seq.num_output_tokens < params.min_tokens:
+            return False
+        return token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids)
+
+    def _check_stop(self, seq: Sequence, token: int, ended_by_token: bool) -> None:
         """Finish the sequence if a stop condition holds after appending `token`."""
         params = seq.params
         reason: str | None = None
-        if seq.detokenizer.finished:
-            reason, seq.stop_reason = "stop", seq.detokenizer.stop_reason
-        elif seq.num_output_tokens >= params.min_tokens and token in params.stop_token_ids:
-            reason, seq.stop_reason = "stop", token
-        elif not params.ignore_eos and token in self.eos_token_ids and seq.num_output_tokens >= params.min_tokens:
+        if ended_by_token:
             reason = "stop"
+            seq.stop_reason = token if token in params.stop_token_ids else None
+        elif seq.detokenizer.finished:
+            reason, seq.stop_reason = "stop", seq.detokenizer.stop_reason
         elif seq.num_output_tokens >= (params.max_tokens or 0) or seq.num_tokens >= self.config.max_model_len:
             reason = "length"
         if reason is not None:
@@ -256,9 +275,9 @@ class LLMEngine:
         for request_id, outs in deltas.items():
             seqs = self.requests[request_id]
             finished = all(s.is_finished for s in seqs)
-            outputs.append(RequestOutput(request_id, seqs[0].token_ids[: seqs[0].num_prompt_tokens], outs, finished))
+            outputs.append(RequestOutput(request_id, self.prompts[request_id], outs, finished))
             if finished:
-                del self.requests[request_id]
+                del self.requests[request_id], self.prompts[request_id]
         return outputs
 
     def stats(self) -> dict:
