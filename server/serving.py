@@ -39,8 +39,8 @@ class ServerState:
     default_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     engine: AsyncEngine | None = None
     metrics: ServerMetrics = field(init=False)
-    _logged_unknown: set[str] = field(default_factory=set)
-    _token_texts: dict[int, str] = field(default_factory=dict)
+    _logged_unknown: set[str] = field(default_factory=set, init=False, repr=False)
+    _token_texts: dict[int, str] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(lambda: self.engine.stats() if self.engine is not None else None)

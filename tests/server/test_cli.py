@@ -94,6 +94,15 @@ def test_burst_past_the_queue_bound_gets_503_and_never_hangs(base_url):
     assert metric(base_url, "exaone:num_requests_waiting") == 0
 
 
+def test_prompts_accepted_before_an_overload_are_aborted(base_url):
+    aborted = metric(base_url, "exaone:request_success_total", finished_reason="abort")
+    r = httpx2.post(f"{base_url}/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+                    json={"model": MODEL, "prompt": ["a", "b", "c", "d", "e"], "max_tokens": 200, "ignore_eos": True})
+    assert assert_openai_error(r, 503)["code"] == "overloaded"
+    wait_for(lambda: metric(base_url, "exaone:num_requests_running") == 0, timeout=5)
+    assert metric(base_url, "exaone:request_success_total", finished_reason="abort") > aborted
+
+
 def test_chat_client_keeps_history_and_resets(base_url):
     out = io.StringIO()
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
