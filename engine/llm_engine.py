@@ -17,7 +17,7 @@ from engine.kv_cache import KVCacheManager, PoolSpec, ring_size, split_budget, s
 from engine.loader import iter_weights, load_config, resolve_model, tokenizer_path
 from engine.model import HybridTransformer
 from engine.model_runner import ModelRunner
-from engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
+from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
 from engine.sampler import Sampler, SamplingRow
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
@@ -275,7 +275,9 @@ class LLMEngine:
         for request_id, outs in deltas.items():
             seqs = self.requests[request_id]
             finished = all(s.is_finished for s in seqs)
-            outputs.append(RequestOutput(request_id, self.prompts[request_id], outs, finished))
+            first = seqs[0]
+            metrics = RequestMetrics(first.arrival_time, first.first_scheduled_time)
+            outputs.append(RequestOutput(request_id, self.prompts[request_id], outs, finished, metrics))
             if finished:
                 del self.requests[request_id], self.prompts[request_id]
         return outputs

@@ -35,6 +35,14 @@ class CompletionOutput:
 
 
 @dataclass
+class RequestMetrics:
+    """Engine-side timestamps of a request (time.monotonic seconds)."""
+
+    arrival_time: float
+    first_scheduled_time: float | None = None  # when its prefill first entered a batch
+
+
+@dataclass
 class RequestOutput:
     """The state of one request after a step."""
 
@@ -42,3 +50,4 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput]
     finished: bool
+    metrics: RequestMetrics | None = None

@@ -42,6 +42,7 @@ class Sequence:
     finish_reason: str | None = None
     stop_reason: str | int | None = None
     arrival_time: float = field(default_factory=time.monotonic)
+    first_scheduled_time: float | None = None
     # Samples 2..n of a request wait for sample 1's prefill and fork its blocks.
     children: list[Sequence] = field(default_factory=list)
 
