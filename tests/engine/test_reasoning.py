@@ -121,7 +121,7 @@ def test_thinking_budget_forces_the_end_and_an_answer(exaone_llm, config, budget
     prompt = exaone_llm.tokenizer.encode(render_chat_prompt(
         exaone_llm.tokenizer.hf, MESSAGES, enable_thinking=True), add_special_tokens=False)
     forced = len(config.end_sequence_ids)
-    params = [SamplingParams(max_tokens=budget + forced + 24, temperature=1.0, seed=seed,
+    params = [SamplingParams(max_tokens=budget + forced + 16, temperature=1.0, seed=seed,
                              logits_processor_factories=[config.budget_processor_factory(budget)])
               for seed in range(3)]
     for out in exaone_llm.generate(prompt_token_ids=[prompt] * len(params), sampling_params=params):
