@@ -57,8 +57,8 @@ def _check_schema(schema: Any, where: str) -> None:
 
 def _tool_schemas(tools: Any) -> dict[str, Any]:
     """Validate OpenAI function tools; return name -> parameters schema, in order."""
-    if not isinstance(tools, list) or not tools:
-        raise ValueError("tools must be a non-empty list of function tools")
+    if not isinstance(tools, list):
+        raise ValueError("tools must be a list of function tools")
     schemas: dict[str, Any] = {}
     for i, tool in enumerate(tools):
         fn = tool.get("function") if isinstance(tool, dict) else None
@@ -140,7 +140,7 @@ class GuidedDecoding:
         auto: free text in which every opened `<tool_call>` is completed by the grammar; response_format:
         a JSON value of the schema (auto with tools: that, or tool calls). Raises ValueError naming the field.
         """
-        schemas = _tool_schemas(tools) if tools is not None else None
+        schemas = _tool_schemas(tools) if tools else None  # an empty list offers nothing, like none
         mode, offered = _tool_choice(tool_choice, schemas)
         response = _response_schema(response_format)
         tags = [_call_tag(name, schema) for name, schema in offered.items()]
@@ -240,6 +240,7 @@ class GuidedProcessor:
             logits[self._eos] = allowed
             return logits
         self._matcher.fill_next_token_bitmask(self._bitmask)
-        xgrammar.apply_token_bitmask_inplace(logits, self._bitmask[0],
-                                             vocab_size=min(logits.shape[-1], self._vocab_size))
+        # The matcher fills a CPU mask; on GPU it is copied to the row (xgrammar then applies it there).
+        mask = self._bitmask[0].to(logits.device, non_blocking=True)
+        xgrammar.apply_token_bitmask_inplace(logits, mask, vocab_size=min(logits.shape[-1], self._vocab_size))
         return logits

@@ -111,10 +111,6 @@ class ReasoningConfig:
             thinking_aware_template=template_traits(hf_tokenizer).thinking_aware,
             token_bytes=info.decoded_vocab, tokenizer_info=info, encode=encode)
 
-    def prompt_suffix(self, enabled: bool) -> str:
-        """Text to append to the rendered prompt: `<think>\\n` when reasoning on a template without thinking."""
-        return self.think_start + "\n" if enabled and not self.thinking_aware_template else ""
-
     def budget_processor_factory(self, budget: int, message: str | None = None) -> Callable[[], LogitsProcessor]:
         """A per-sample ThinkingBudgetProcessor factory; `message` is forced (verbatim) before the end sequence."""
         if budget < 0:
@@ -126,12 +122,12 @@ class ReasoningConfig:
 class ThinkingTracker:
     """Follows one sample's output through the thinking span, token by token, at the byte level."""
 
-    def __init__(self, config: ReasoningConfig, in_thinking: bool = True) -> None:
+    def __init__(self, config: ReasoningConfig) -> None:
         self._bytes = config.token_bytes
         self._end = config.think_end.encode()
         self._rest = END_SEQUENCE[len(config.think_end):].encode()
         self._tail = b""  # the last bytes inside the span, enough to see an end tag split across tokens
-        self.in_thinking = in_thinking
+        self.in_thinking = True  # reasoning-mode output starts inside the span the prompt opened
         self.thinking_tokens = 0  # tokens up to and including the end sequence
         self.has_answer = False  # a non-whitespace token after the span
         self.after = b""  # bytes after the end tag so far (until the answer starts)
@@ -173,7 +169,7 @@ class ThinkingBudgetProcessor:
         self._config = config
         self._budget = budget
         self._forced = tuple(forced)
-        self._eos = torch.tensor(sorted(config.eos_token_ids), dtype=torch.long)
+        self._eos = sorted(config.eos_token_ids)
         self._reset()
 
     def _reset(self) -> None:
@@ -195,7 +191,7 @@ class ThinkingBudgetProcessor:
             logits[self._forced[step]] = 0.0
             return logits
         if not tracker.has_answer:
-            logits[self._eos[self._eos < logits.shape[-1]]] = float("-inf")
+            logits[self._eos] = float("-inf")
         return logits
 
 
