@@ -31,9 +31,12 @@ class AsyncEngine:
 
     The model runs on one background thread (torch releases the GIL), so the event loop keeps
     serving HTTP while a step computes. Adds and aborts go through an inbox drained between steps.
+    With start=False the caller runs `run_loop()` on a thread of its choice: best the thread that
+    loaded the model, because libgomp throttles its spin-waits (and small CPU ops get ~4x slower)
+    once two threads own OpenMP pools on a machine with few cores.
     """
 
-    def __init__(self, engine: LLMEngine, max_queued_requests: int | None = None) -> None:
+    def __init__(self, engine: LLMEngine, max_queued_requests: int | None = None, start: bool = True) -> None:
         self.engine = engine
         self.tokenizer = engine.tokenizer
         self.max_queued_requests = max_queued_requests
@@ -46,8 +49,10 @@ class AsyncEngine:
         self._stopped = False
         self.error: BaseException | None = None
         self._stats: dict[str, Any] = engine.stats()
-        self._thread = threading.Thread(target=self._loop, name="exaone-engine", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self.run_loop, name="exaone-engine", daemon=True)
+            self._thread.start()
 
     # ---- called from the event loop ---------------------------------------------------------
 
@@ -93,6 +98,8 @@ class AsyncEngine:
 
     def abort(self, request_id: str) -> None:
         """Ask the loop to stop a request; its blocks are freed before the next step."""
+        # A stream closed before its first read never runs its cleanup: drop it here too.
+        self._streams.pop(request_id, None)
         self._inbox.put(("abort", request_id))
         self._wake.set()
 
@@ -101,14 +108,16 @@ class AsyncEngine:
         return dict(self._stats)
 
     def shutdown(self) -> None:
-        """Stop the loop thread."""
+        """Stop the loop (and join its thread when this engine started one)."""
         self._stopped = True
         self._wake.set()
-        self._thread.join(timeout=10)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
 
     # ---- the loop thread --------------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def run_loop(self) -> None:
+        """The step loop; returns after shutdown() or a crash."""
         try:
             while not self._stopped:
                 self._drain_inbox()

@@ -152,16 +152,20 @@ def serve_command(args: argparse.Namespace) -> None:
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
     failure: list[BaseException] = []
 
-    def load() -> None:
+    def load_and_run() -> None:
+        # The thread that loads the model also runs its steps: torch work on one thread only.
         try:
             engine = LLMEngine(args.model, device, args.dtype, EngineConfig(**_engine_args(args)))
-            attach_engine(app, AsyncEngine(engine, args.max_queued_requests))
+            async_engine = AsyncEngine(engine, args.max_queued_requests, start=False)
+            attach_engine(app, async_engine)
             logger.info("model loaded; serving %s on http://%s:%d/v1", names[0], args.host, args.port)
         except BaseException as e:  # the server must not keep answering 503 for a model that cannot load
             failure.append(e)
             server.should_exit = True
+            return
+        async_engine.run_loop()
 
-    threading.Thread(target=load, name="exaone-load", daemon=True).start()
+    threading.Thread(target=load_and_run, name="exaone-engine", daemon=True).start()
     try:
         server.run()  # on Ctrl-C uvicorn drains, then re-raises the signal (KeyboardInterrupt: exit 130)
     finally:
