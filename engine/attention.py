@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,8 @@ class AttentionMetadata:
     num_decodes: int
     query_lens_host: list[int]
     seq_lens_host: list[int]
+    # Per-step values a backend derives once and reuses in every layer (e.g. decode masks).
+    scratch: dict[Any, Any] = field(default_factory=dict)
 
 
 class AttentionBackend(ABC):
@@ -88,36 +91,53 @@ class TorchAttentionBackend(AttentionBackend):
         kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, layout.slot_mapping, v)
         out = torch.empty_like(q)
         nd = meta.num_decodes
+        masks = self._step_masks(meta, layout, window, kv_cache.shape[2])
         if nd:
-            out[:nd] = self._paged(
-                q[:nd, None], meta.positions[:nd, None], kv_cache, layout.block_tables[:nd],
-                meta.seq_lens[:nd], layout.ring_blocks, window, scale,
-            )[:, 0]
+            out[:nd] = self._paged(q[:nd, None], kv_cache, layout.block_tables[:nd], masks[0], scale)[:, 0]
         starts = meta.query_start_loc.tolist() if len(meta.query_lens_host) > nd else []
         for i in range(nd, len(meta.query_lens_host)):
             a, b = starts[i], starts[i + 1]
             if meta.seq_lens_host[i] == b - a:
                 # No history: attend over the fresh chunk directly, no cache gather.
-                pos = meta.positions[a:b]
-                mask = attention_mask(pos[None], pos[None], window)
-                out[a:b] = _sdpa(q[None, a:b], k[None, a:b], v[None, a:b], mask, scale)[0]
+                out[a:b] = _sdpa(q[None, a:b], k[None, a:b], v[None, a:b], masks[i - nd + 1], scale)[0]
             else:
-                out[a:b] = self._paged(
-                    q[None, a:b], meta.positions[None, a:b], kv_cache, layout.block_tables[i : i + 1],
-                    meta.seq_lens[i : i + 1], layout.ring_blocks, window, scale,
-                )[0]
+                tables = layout.block_tables[i : i + 1]
+                out[a:b] = self._paged(q[None, a:b], kv_cache, tables, masks[i - nd + 1], scale)[0]
         return out
 
     @staticmethod
-    def _paged(q, q_pos, kv_cache, block_tables, seq_lens, ring_blocks, window, scale):
-        """q: [num_seqs, q_len, heads, dim] against the cached keys of each sequence."""
+    def _step_masks(meta: AttentionMetadata, layout: KVLayout, window: int | None,
+                    block_size: int) -> list[torch.Tensor | None]:
+        """[decode mask, one mask per prefill chunk], built once per step and pool, shared by its layers."""
+        key = (id(layout), window)
+        if key in meta.scratch:
+            return meta.scratch[key]
+        nd = meta.num_decodes
+        masks: list[torch.Tensor | None] = [None]
+        if nd:
+            k_pos = key_positions(layout.block_tables[:nd], meta.seq_lens[:nd], block_size, layout.ring_blocks)
+            masks[0] = attention_mask(meta.positions[:nd, None], k_pos, window)
+        starts = meta.query_start_loc.tolist()
+        for i in range(nd, len(meta.query_lens_host)):
+            q_pos = meta.positions[None, starts[i] : starts[i + 1]]
+            if meta.seq_lens_host[i] == starts[i + 1] - starts[i]:
+                k_pos = q_pos
+            else:
+                k_pos = key_positions(layout.block_tables[i : i + 1], meta.seq_lens[i : i + 1], block_size,
+                                      layout.ring_blocks)
+            masks.append(attention_mask(q_pos, k_pos, window))
+        meta.scratch[key] = masks
+        return masks
+
+    @staticmethod
+    def _paged(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor, mask: torch.Tensor,
+               scale: float) -> torch.Tensor:
+        """q: [num_seqs, q_len, heads, dim] against the cached keys each block table addresses."""
         num_seqs, width = block_tables.shape
-        block_size = kv_cache.shape[2]
         idx = block_tables.clamp(min=0)
-        keys = kv_cache[0][idx].view(num_seqs, width * block_size, *kv_cache.shape[3:])
-        values = kv_cache[1][idx].view(num_seqs, width * block_size, *kv_cache.shape[3:])
-        k_pos = key_positions(block_tables, seq_lens, block_size, ring_blocks)
-        return _sdpa(q, keys, values, attention_mask(q_pos, k_pos, window), scale)
+        keys = kv_cache[0][idx].view(num_seqs, width * kv_cache.shape[2], *kv_cache.shape[3:])
+        values = kv_cache[1][idx].view(num_seqs, width * kv_cache.shape[2], *kv_cache.shape[3:])
+        return _sdpa(q, keys, values, mask, scale)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:

@@ -36,10 +36,14 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos = self.cos[positions][:, None].to(q.dtype)
-        sin = self.sin[positions][:, None].to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin for each token, shaped to broadcast over heads: [num_tokens, 1, head_dim]."""
+        return self.cos[positions][:, None].to(dtype), self.sin[positions][:, None].to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate [num_tokens, heads, head_dim] by the per-token angles."""
+    return x * cos + _rotate_half(x) * sin
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -62,7 +66,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
         self.scale = cfg.head_dim**-0.5
 
-    def forward(self, x: torch.Tensor, rope: RotaryEmbedding, meta: AttentionMetadata,
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
                 kv_cache: torch.Tensor) -> torch.Tensor:
         q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.view(-1, self.num_heads, self.head_dim)
@@ -71,7 +75,7 @@ class Attention(nn.Module):
         if self.spec.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         if self.spec.use_rope:
-            q, k = rope(meta.positions, q, k)
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         layout = meta.layouts[self.spec.kv_kind]
         out = self.backend.forward(q, k, v, kv_cache, layout, self.spec.sliding_window, meta, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
@@ -105,7 +109,7 @@ class DecoderLayer(nn.Module):
             self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
             self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, h: torch.Tensor, rope: RotaryEmbedding, meta: AttentionMetadata,
+    def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
                 kv_cache: torch.Tensor) -> torch.Tensor:
         if self.post_norm:
             h = h + self.post_attention_layernorm(self.self_attn(h, rope, meta, kv_cache))
@@ -145,8 +149,9 @@ class HybridTransformer(nn.Module):
                 kv_caches: list[torch.Tensor]) -> torch.Tensor:
         """Hidden states after the final norm for every token of the flat batch."""
         h = self.model.embed_tokens(input_ids)
+        rope = self.rope(meta.positions, h.dtype)  # once per step, shared by every RoPE layer
         for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
-            h = layer(h, self.rope, meta, kv_cache)
+            h = layer(h, rope, meta, kv_cache)
         return self.model.norm(h)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
