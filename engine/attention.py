@@ -134,16 +134,23 @@ class TorchAttentionBackend(AttentionBackend):
                scale: float) -> torch.Tensor:
         """q: [num_seqs, q_len, heads, dim] against the cached keys each block table addresses."""
         num_seqs, width = block_tables.shape
-        idx = block_tables.clamp(min=0)
-        keys = kv_cache[0][idx].view(num_seqs, width * kv_cache.shape[2], *kv_cache.shape[3:])
-        values = kv_cache[1][idx].view(num_seqs, width * kv_cache.shape[2], *kv_cache.shape[3:])
+        blocks = block_tables.clamp(min=0).flatten()
+        shape = (num_seqs, width * kv_cache.shape[2], *kv_cache.shape[3:])
+        keys = kv_cache[0].index_select(0, blocks).view(shape)
+        values = kv_cache[1].index_select(0, blocks).view(shape)
         return _sdpa(q, keys, values, mask, scale)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-    """[B, Lq, H, D] x [B, Lk, Hkv, D] -> [B, Lq, H, D], grouped-query aware."""
-    out = F.scaled_dot_product_attention(
-        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale,
-        enable_gqa=q.shape[2] != k.shape[2],
-    )
-    return out.transpose(1, 2)
+    """[B, Lq, H, D] x [B, Lk, Hkv, D] -> [B, Lq, H, D] with grouped-query attention.
+
+    Query heads are grouped under their KV head ([B, Hkv, G*Lq, D]) so K and V are never repeated.
+    """
+    b, lq, h, d = q.shape
+    hkv, lk = k.shape[2], k.shape[1]
+    g = h // hkv
+    q = q.view(b, lq, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * lq, d)
+    if g > 1:
+        mask = mask[:, :, None].expand(b, 1, g, lq, lk).reshape(b, 1, g * lq, lk)
+    out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale)
+    return out.view(b, hkv, g, lq, d).permute(0, 3, 1, 2, 4).reshape(b, lq, h, d)
