@@ -1,7 +1,7 @@
 """Serving throughput: the prompts of benchmarks/throughput.py through HTTP, C concurrent streams.
 
-    .venv/bin/python -m clients.bench_serving --concurrency 16        # starts `exaone-serve serve` itself
-    .venv/bin/python -m clients.bench_serving --base-url http://127.0.0.1:8000/v1
+    .venv/bin/python benchmarks/serving.py --concurrency 16        # starts `exaone-serve serve` itself
+    .venv/bin/python benchmarks/serving.py --base-url http://127.0.0.1:8000/v1
 
 Compare with `benchmarks/throughput.py --max-num-seqs C` (same prompts, same output length, greedy):
 the difference is what HTTP, SSE and the asyncio front add to the engine.
@@ -16,15 +16,15 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
-import httpx2
 from openai import AsyncOpenAI
 
 
 def chat_prompts(n: int) -> list[list[dict]]:
     """The conversations benchmarks/throughput.py generates, so both numbers measure the same work."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+    path = Path(__file__).resolve().parent / "throughput.py"
     spec = importlib.util.spec_from_file_location("throughput", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -67,9 +67,9 @@ def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            if httpx2.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
                 return proc, f"http://127.0.0.1:{port}/v1"
-        except httpx2.TransportError:
+        except OSError:  # not listening yet, or 503 while the model loads
             pass
         time.sleep(0.5)
     proc.kill()
