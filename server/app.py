@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.async_engine import AsyncEngine
+from server.chat_modes import offered_tools
 from server.errors import APIError, bad_request, install_error_handlers
 from server.schemas import (
     DEFAULT_MAX_REQUEST_BODY_BYTES,
@@ -24,7 +25,7 @@ from server.schemas import (
     encode,
 )
 from server.serving import ServerState
-from server.serving_chat import create_chat_completion, render_chat
+from server.serving_chat import create_chat_completion
 from server.serving_completion import create_completion
 
 logger = logging.getLogger(__name__)
@@ -36,13 +37,15 @@ def _json(obj: Any) -> Response:
 
 def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api_key: str | None = None,
                max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
-               default_chat_template_kwargs: dict[str, Any] | None = None) -> FastAPI:
+               default_chat_template_kwargs: dict[str, Any] | None = None,
+               max_thinking_tokens: int | None = None) -> FastAPI:
     """Build the app; with engine=None it answers 503 until `attach_engine` hands it one.
 
-    The app never stops the engine: whoever made the engine shuts it down.
+    The app never stops the engine: whoever made the engine shuts it down. Raises ValueError for
+    defaults no request could use (a non-boolean enable_thinking, a negative max_thinking_tokens).
     """
     state = ServerState(list(served_model_names), api_key, max_request_body_bytes,
-                        dict(default_chat_template_kwargs or {}), engine)
+                        dict(default_chat_template_kwargs or {}), max_thinking_tokens, engine)
     started = int(time.time())
 
     app = FastAPI(title="exaone-serve")
@@ -98,7 +101,11 @@ def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api
         if (req.prompt is None) == (req.messages is None):
             raise bad_request("pass exactly one of prompt and messages", "prompt")
         if req.messages is not None:
-            tokens = render_chat(state, req.messages, req.chat_template_kwargs, req.add_generation_prompt)
+            modes = state.ready_modes()
+            mode = modes.mode(reasoning=req.reasoning, chat_template_kwargs=req.chat_template_kwargs,
+                              reasoning_effort=req.reasoning_effort)
+            tokens = modes.render(req.messages, mode, offered_tools(req.tools, req.tool_choice),
+                                  req.chat_template_kwargs, req.add_generation_prompt)
         else:
             tokens = engine.tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens)
         return _json(TokenizeResponse(len(tokens), engine.engine.config.max_model_len, tokens))
@@ -119,6 +126,6 @@ def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api
 
 
 def attach_engine(app: FastAPI, engine: AsyncEngine) -> None:
-    """Hand a loaded engine to an app created without one; /health turns 200."""
-    app.state.server.engine = engine
+    """Hand a loaded engine to an app created without one; /health turns 200 once its mode pieces are built."""
+    app.state.server.attach(engine)
 

@@ -38,6 +38,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
 def _fraction(text: str) -> float:
     value = float(text)
     if not 0.0 < value <= 1.0:
@@ -96,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="bound of the waiting queue; past it requests get 503 with Retry-After")
     serve.add_argument("--default-chat-template-kwargs", type=_json_object, default={},
                        help='JSON object passed to the chat template, e.g. \'{"enable_thinking": false}\'')
+    serve.add_argument("--max-thinking-tokens", type=_non_negative_int,
+                       help="cap on every request's thinking tokens (its budget, or the budget when none is asked)")
     serve.add_argument("--max-request-body-bytes", type=_byte_size, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
                        help="larger bodies get 413 (default 4MiB)")
     serve.set_defaults(func=serve_command)
@@ -148,7 +157,8 @@ def serve_command(args: argparse.Namespace) -> None:
     names = args.served_model_name or [served_name(args.model)]
     app = create_app(None, served_model_names=names, api_key=args.api_key,
                      max_request_body_bytes=args.max_request_body_bytes,
-                     default_chat_template_kwargs=args.default_chat_template_kwargs)
+                     default_chat_template_kwargs=args.default_chat_template_kwargs,
+                     max_thinking_tokens=args.max_thinking_tokens)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
     failure: list[BaseException] = []
 

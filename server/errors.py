@@ -54,9 +54,10 @@ def from_validation(exc: msgspec.ValidationError | msgspec.DecodeError) -> APIEr
     match = _MSGSPEC_PATH.search(message)
     param = (match.group(1) or None) if match else None
     if message.startswith("Object missing required field"):
-        # "Object missing required field `messages`" names the field, not the path
+        # "Object missing required field `function` - at `$.tools[0]`": the path is the field's parent
         field = re.search(r"`([^`]+)`", message)
-        param = field.group(1) if field else param
+        if field:
+            param = f"{param}.{field.group(1)}" if param else field.group(1)
     return bad_request(message, param)
 
 

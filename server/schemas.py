@@ -28,14 +28,75 @@ class ContentPart(Struct):
     text: str | None = None
 
 
+class FunctionCall(Struct):
+    """`function` of a past assistant tool call; OpenAI sends `arguments` as JSON text."""
+
+    name: str
+    arguments: str | dict[str, Any] = "{}"
+
+
+class MessageToolCall(Struct, kw_only=True):
+    """One entry of an assistant message's `tool_calls`."""
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(Struct, kw_only=True):
     """One chat message; tool fields are kept for the chat template."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[MessageToolCall] | None = None
     tool_call_id: str | None = None
+
+
+# omit_defaults: the chat template prints tools as JSON, where `"description": null` would be noise.
+class FunctionDefinition(Struct, kw_only=True, omit_defaults=True):
+    """An OpenAI function tool: name, description and a JSON schema of its parameters."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | bool | None = None
+    strict: bool | None = None
+
+
+class Tool(Struct, kw_only=True):
+    """One entry of `tools`; only function tools exist."""
+
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class FunctionName(Struct):
+    """`function` of a named tool_choice."""
+
+    name: str
+
+
+class NamedToolChoice(Struct, kw_only=True):
+    """`tool_choice: {"type": "function", "function": {"name": ...}}`: call exactly that function."""
+
+    type: Literal["function"] = "function"
+    function: FunctionName
+
+
+class JSONSchemaSpec(Struct, kw_only=True, omit_defaults=True):
+    """`response_format.json_schema`: a named schema; answers are constrained to it (always strict)."""
+
+    name: str
+    schema: dict[str, Any] | bool | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+class ResponseFormat(Struct, kw_only=True, omit_defaults=True):
+    """`response_format`: free text, any JSON object, or JSON of a schema."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaSpec | None = None
 
 
 class SamplingRequest(Struct, kw_only=True):
@@ -76,6 +137,16 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
     logprobs: bool = False
     top_logprobs: int | None = None
     chat_template_kwargs: dict[str, Any] | None = None
+    # Mode switching (issue 5); vLLM's and llama.cpp's names where they have one.
+    reasoning: bool | None = None
+    reasoning_effort: str | None = None
+    thinking_token_budget: int | None = None
+    thinking_budget: int | None = None  # alias of thinking_token_budget
+    thinking_budget_message: str | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
+    response_format: ResponseFormat | None = None
 
 
 class CompletionRequest(SamplingRequest, kw_only=True):
@@ -95,6 +166,11 @@ class TokenizeRequest(Struct, kw_only=True):
     add_special_tokens: bool = True
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
+    # What changes the rendered prompt, as on chat requests.
+    reasoning: bool | None = None
+    reasoning_effort: str | None = None
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
 
 
 class DetokenizeRequest(Struct, kw_only=True):
@@ -107,12 +183,19 @@ class DetokenizeRequest(Struct, kw_only=True):
 # ---- responses -------------------------------------------------------------------------------
 
 
+class CompletionTokensDetails(Struct):
+    """`usage.completion_tokens_details`: how many output tokens were thinking."""
+
+    reasoning_tokens: int
+
+
 class UsageInfo(Struct):
-    """Token counts of a request."""
+    """Token counts of a request (chat adds completion_tokens_details)."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    completion_tokens_details: CompletionTokensDetails | UnsetType = UNSET
 
 
 class TopLogprob(Struct):
@@ -139,12 +222,33 @@ class ChatLogprobs(Struct):
     refusal: None = None
 
 
-class ChatMessageOut(Struct):
-    """The assistant message of a non-streaming chat choice."""
+class FunctionCallOut(Struct):
+    """`function` of a generated tool call; `arguments` is JSON text, as OpenAI sends it."""
 
-    # The modes issue adds reasoning_content and tool_calls here.
+    name: str
+    arguments: str
+
+
+class ToolCallOut(Struct, kw_only=True):
+    """One entry of `message.tool_calls`."""
+
+    id: str
+    type: str = "function"
+    function: FunctionCallOut
+
+
+class ChatMessageOut(Struct):
+    """The assistant message of a non-streaming chat choice.
+
+    Reasoning fields appear when there is reasoning (or reasoning was asked for); `reasoning_content`
+    is vLLM's older name and `reasoning` its newer one, both carry the same text.
+    """
+
     role: str
-    content: str
+    content: str | None
+    reasoning_content: str | UnsetType = UNSET
+    reasoning: str | UnsetType = UNSET
+    tool_calls: list[ToolCallOut] | UnsetType = UNSET
 
 
 class ChatChoice(Struct):
@@ -168,11 +272,30 @@ class ChatCompletionResponse(Struct):
     object: str = "chat.completion"
 
 
+class DeltaFunction(Struct, kw_only=True):
+    """`function` of a streamed tool-call piece: the name in the first piece, argument text after."""
+
+    name: str | UnsetType = UNSET
+    arguments: str
+
+
+class DeltaToolCall(Struct, kw_only=True):
+    """One piece of a streamed tool call, in OpenAI's shape (id and type only in the first piece)."""
+
+    index: int
+    id: str | UnsetType = UNSET
+    type: str | UnsetType = UNSET
+    function: DeltaFunction
+
+
 class DeltaMessage(Struct):
     """What a chat chunk adds to a choice's message; empty in the chunk that carries finish_reason."""
 
     role: str | UnsetType = UNSET
     content: str | UnsetType = UNSET
+    reasoning_content: str | UnsetType = UNSET
+    reasoning: str | UnsetType = UNSET
+    tool_calls: list[DeltaToolCall] | UnsetType = UNSET
 
 
 class ChatChunkChoice(Struct):

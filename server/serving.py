@@ -15,6 +15,7 @@ from engine.async_engine import AsyncEngine, EngineDead, EngineOverloaded
 from engine.errors import RequestRejected
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
+from server.chat_modes import ChatModes, ProcessorFactory
 from server.errors import APIError, bad_request, from_validation, from_value_error
 from server.metrics import RequestTracker, ServerMetrics
 from server.schemas import DEFAULT_MAX_REQUEST_BODY_BYTES, SamplingRequest
@@ -37,13 +38,23 @@ class ServerState:
     api_key: str | None = None
     max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES
     default_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    max_thinking_tokens: int | None = None
     engine: AsyncEngine | None = None
+    modes: ChatModes | None = field(default=None, init=False)
     metrics: ServerMetrics = field(init=False)
     _logged_unknown: set[str] = field(default_factory=set, init=False, repr=False)
     _token_texts: dict[int, str] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(lambda: self.engine.stats() if self.engine is not None else None)
+        ChatModes.check_server_defaults(self.default_chat_template_kwargs, self.max_thinking_tokens)
+        if self.engine is not None:
+            self.attach(self.engine)
+
+    def attach(self, engine: AsyncEngine) -> None:
+        """Serve `engine`; its mode pieces are built first, so an engine handlers see always has them."""
+        self.modes = ChatModes.for_engine(engine, self.default_chat_template_kwargs, self.max_thinking_tokens)
+        self.engine = engine
 
     @property
     def model_name(self) -> str:
@@ -59,6 +70,12 @@ class ServerState:
             raise APIError(500, f"the engine stopped after an error: {self.engine.error}", type="server_error",
                            code="engine_dead")
         return self.engine
+
+    def ready_modes(self) -> ChatModes:
+        """The engine's mode-switching pieces; 503/500 as ready_engine."""
+        self.ready_engine()
+        assert self.modes is not None  # attach() sets modes before the engine
+        return self.modes
 
     def check_model(self, name: str | None) -> None:
         """404 unless `name` is empty or one of the served names."""
@@ -104,8 +121,13 @@ class ServerState:
             logger.debug("ignoring unknown request field %r (logged once)", name)
         self._logged_unknown |= unknown
 
-    def sampling_params(self, req: SamplingRequest, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
-        """SamplingParams from a request (400 naming the field when a value is out of range)."""
+    def sampling_params(self, req: SamplingRequest, max_tokens: int | None, logprobs: int | None,
+                        defaults: dict[str, Any] | None = None,
+                        factories: list[ProcessorFactory] | None = None) -> SamplingParams:
+        """SamplingParams from a request (400 naming the field when a value is out of range).
+
+        `defaults` fill sampling fields the request leaves unset (absent or null); `factories` build
+        per-sample logits processors."""
         max_n = self.ready_engine().engine.config.max_num_seqs
         if req.n > max_n:
             raise bad_request(f"n must be at most {max_n} (the server's --max-num-seqs), got {req.n}", "n")
@@ -115,7 +137,8 @@ class ServerState:
             return SamplingParams(
                 n=req.n, max_tokens=max_tokens, min_tokens=req.min_tokens, stop=stop, ignore_eos=req.ignore_eos,
                 logprobs=logprobs, skip_special_tokens=req.skip_special_tokens,
-                include_stop_str_in_output=req.include_stop_str_in_output, **given)
+                include_stop_str_in_output=req.include_stop_str_in_output,
+                logits_processor_factories=list(factories or []), **{**(defaults or {}), **given})
         except ValueError as e:
             raise from_value_error(e, _SAMPLING_FIELDS) from None
 
