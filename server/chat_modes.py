@@ -7,6 +7,7 @@ decides per request which apply, renders the prompt, and splits each sample's te
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from engine.async_engine import AsyncEngine
 from engine.chat_templates import TemplateTraits, render_chat_prompt, template_traits, to_generic_messages
 from engine.guided import GuidedDecoding
 from engine.reasoning import (
+    THINK_END,
+    THINK_START,
     ReasoningConfig,
     ReasoningMode,
     ReasoningParser,
@@ -28,21 +31,20 @@ from engine.reasoning import (
 )
 from engine.sampling_params import LogitsProcessor
 from engine.tokenizer import Tokenizer
-from engine.tool_calls import ToolCallDelta, ToolCallParser
+from engine.tool_calls import TOOL_CALL_END, TOOL_CALL_START, ToolCallDelta, ToolCallParser
 from server.errors import APIError, bad_request
-from server.schemas import (
-    ChatCompletionRequest,
-    ChatMessageOut,
+from server.schemas import ChatCompletionRequest, ChatMessageOut, DeltaMessage, Message
+from server.tool_schemas import (
     DeltaFunction,
-    DeltaMessage,
     DeltaToolCall,
     FunctionCallOut,
-    Message,
     MessageToolCall,
     NamedToolChoice,
     Tool,
     ToolCallOut,
 )
+
+logger = logging.getLogger(__name__)
 
 # LG's advice for EXAONE 4.0, applied where a request leaves the parameter unset, and only for models whose
 # template knows reasoning: temperature below 0.6 without reasoning (0.3 keeps a little variety), and
@@ -151,6 +153,11 @@ class ChatModes:
                    max_thinking_tokens: int | None) -> ChatModes:
         """Build once per engine (xgrammar reads the whole vocabulary: ~0.3 s for 50k tokens)."""
         tokenizer, llm = engine.tokenizer, engine.engine
+        # The parsers read the tags in the detokenized text, which drops special tokens by default.
+        hidden = sorted({THINK_START, THINK_END, TOOL_CALL_START, TOOL_CALL_END} & set(tokenizer.hf.all_special_tokens))
+        if hidden:
+            logger.warning("%s are special tokens of this tokenizer: reasoning and tool calls are only split out "
+                           "of requests that set skip_special_tokens=false", ", ".join(hidden))
         config = ReasoningConfig.from_tokenizer(tokenizer.hf, llm.model_config.vocab_size, sorted(llm.eos_token_ids))
         return cls(tokenizer, config, GuidedDecoding(config), template_traits(tokenizer.hf),
                    dict(default_template_kwargs), max_thinking_tokens)

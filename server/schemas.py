@@ -10,6 +10,15 @@ from typing import Any, Literal
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
+from server.tool_schemas import (
+    DeltaToolCall,
+    MessageToolCall,
+    NamedToolChoice,
+    ResponseFormat,
+    Tool,
+    ToolCallOut,
+)
+
 DEFAULT_MAX_REQUEST_BODY_BYTES = 4 << 20  # larger bodies get 413 unless the server is told otherwise
 
 # ---- requests --------------------------------------------------------------------------------
@@ -28,21 +37,6 @@ class ContentPart(Struct):
     text: str | None = None
 
 
-class FunctionCall(Struct):
-    """`function` of a past assistant tool call; OpenAI sends `arguments` as JSON text."""
-
-    name: str
-    arguments: str | dict[str, Any] = "{}"
-
-
-class MessageToolCall(Struct, kw_only=True):
-    """One entry of an assistant message's `tool_calls`."""
-
-    id: str | None = None
-    type: Literal["function"] = "function"
-    function: FunctionCall
-
-
 class Message(Struct, kw_only=True):
     """One chat message; tool fields are kept for the chat template."""
 
@@ -51,52 +45,6 @@ class Message(Struct, kw_only=True):
     name: str | None = None
     tool_calls: list[MessageToolCall] | None = None
     tool_call_id: str | None = None
-
-
-# omit_defaults: the chat template prints tools as JSON, where `"description": null` would be noise.
-class FunctionDefinition(Struct, kw_only=True, omit_defaults=True):
-    """An OpenAI function tool: name, description and a JSON schema of its parameters."""
-
-    name: str
-    description: str | None = None
-    parameters: dict[str, Any] | bool | None = None
-    strict: bool | None = None
-
-
-class Tool(Struct, kw_only=True):
-    """One entry of `tools`; only function tools exist."""
-
-    type: Literal["function"] = "function"
-    function: FunctionDefinition
-
-
-class FunctionName(Struct):
-    """`function` of a named tool_choice."""
-
-    name: str
-
-
-class NamedToolChoice(Struct, kw_only=True):
-    """`tool_choice: {"type": "function", "function": {"name": ...}}`: call exactly that function."""
-
-    type: Literal["function"] = "function"
-    function: FunctionName
-
-
-class JSONSchemaSpec(Struct, kw_only=True, omit_defaults=True):
-    """`response_format.json_schema`: a named schema; answers are constrained to it (always strict)."""
-
-    name: str
-    schema: dict[str, Any] | bool | None = None
-    description: str | None = None
-    strict: bool | None = None
-
-
-class ResponseFormat(Struct, kw_only=True, omit_defaults=True):
-    """`response_format`: free text, any JSON object, or JSON of a schema."""
-
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JSONSchemaSpec | None = None
 
 
 class SamplingRequest(Struct, kw_only=True):
@@ -222,21 +170,6 @@ class ChatLogprobs(Struct):
     refusal: None = None
 
 
-class FunctionCallOut(Struct):
-    """`function` of a generated tool call; `arguments` is JSON text, as OpenAI sends it."""
-
-    name: str
-    arguments: str
-
-
-class ToolCallOut(Struct, kw_only=True):
-    """One entry of `message.tool_calls`."""
-
-    id: str
-    type: str = "function"
-    function: FunctionCallOut
-
-
 class ChatMessageOut(Struct):
     """The assistant message of a non-streaming chat choice.
 
@@ -270,22 +203,6 @@ class ChatCompletionResponse(Struct):
     choices: list[ChatChoice]
     usage: UsageInfo
     object: str = "chat.completion"
-
-
-class DeltaFunction(Struct, kw_only=True):
-    """`function` of a streamed tool-call piece: the name in the first piece, argument text after."""
-
-    name: str | UnsetType = UNSET
-    arguments: str
-
-
-class DeltaToolCall(Struct, kw_only=True):
-    """One piece of a streamed tool call, in OpenAI's shape (id and type only in the first piece)."""
-
-    index: int
-    id: str | UnsetType = UNSET
-    type: str | UnsetType = UNSET
-    function: DeltaFunction
 
 
 class DeltaMessage(Struct):
