@@ -125,6 +125,8 @@ def test_generate_prints_the_completion():
     (["generate", "--model", "/no/such/model", "hi"], "/no/such/model"),
     (["serve", "--max-num-seqs", "0"], "--max-num-seqs"),
     (["serve", "--default-chat-template-kwargs", "[1]"], "JSON object"),
+    (["serve", "--default-chat-template-kwargs", '{"enable_thinking": "yes"}'], "enable_thinking must be a boolean"),
+    (["serve", "--max-thinking-tokens", "-1"], "--max-thinking-tokens"),
     (["generate", "--model", "{tiny}", "--max-model-len", "8", "hello " * 20], "max_model_len (8)"),
 ])
 def test_errors_are_one_line_and_exit_1(tiny_models, args, expected):
