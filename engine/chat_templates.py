@@ -139,16 +139,19 @@ def to_generic_messages(messages: list[dict[str, Any]], tools: list[dict[str, An
 
 def render_chat_prompt(hf_tokenizer: Any, messages: list[dict[str, Any]], *, enable_thinking: bool,
                        tools: list[dict[str, Any]] | None = None, template_kwargs: dict[str, Any] | None = None,
-                       traits: TemplateTraits | None = None, think_start: str = "<think>") -> str:
-    """Render the prompt text with the generation prompt, using the template's own reasoning/tools support
-    where it has it and the generic fallbacks (`<think>\\n` suffix, tools system prompt) where not."""
+                       traits: TemplateTraits | None = None, think_start: str = "<think>",
+                       add_generation_prompt: bool = True) -> str:
+    """Render the prompt text (with the generation prompt unless told otherwise), using the template's own
+    reasoning/tools support where it has it and the generic fallbacks (`<think>\\n` suffix, tools system
+    prompt) where not."""
     traits = traits or template_traits(hf_tokenizer)
     kwargs = {**(template_kwargs or {}), "enable_thinking": enable_thinking}
     if tools and traits.tools_aware:
         kwargs["tools"] = tools
     elif tools or any(m.get("role") == "tool" or m.get("tool_calls") for m in messages):
         messages = to_generic_messages(messages, tools)
-    prompt = hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kwargs)
-    if enable_thinking and not traits.thinking_aware:
+    prompt = hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                              **kwargs)
+    if add_generation_prompt and enable_thinking and not traits.thinking_aware:
         prompt += think_start + "\n"
     return prompt

@@ -106,10 +106,13 @@ class ReasoningConfig:
         info = xgrammar.TokenizerInfo.from_huggingface(
             hf_tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(set(eos_token_ids)))
         encode = partial(hf_tokenizer.encode, add_special_tokens=False)
+        # Special tokens are no text (the detokenizer drops them), so they can't count as an answer either.
+        special = set(hf_tokenizer.all_special_ids)
+        token_bytes = [b"" if i in special else data for i, data in enumerate(info.decoded_vocab)]
         return cls(
             end_sequence_ids=tuple(encode(END_SEQUENCE)), eos_token_ids=frozenset(eos_token_ids),
             thinking_aware_template=template_traits(hf_tokenizer).thinking_aware,
-            token_bytes=info.decoded_vocab, tokenizer_info=info, encode=encode)
+            token_bytes=token_bytes, tokenizer_info=info, encode=encode)
 
     def budget_processor_factory(self, budget: int, message: str | None = None) -> Callable[[], LogitsProcessor]:
         """A per-sample ThinkingBudgetProcessor factory; `message` is forced (verbatim) before the end sequence."""

@@ -18,7 +18,7 @@ import msgspec
 from msgspec import UNSET
 
 from engine.async_engine import AsyncEngine
-from engine.chat_templates import TemplateTraits, render_chat_prompt, template_traits, to_generic_messages
+from engine.chat_templates import TemplateTraits, render_chat_prompt, template_traits
 from engine.guided import GuidedDecoding
 from engine.reasoning import (
     THINK_END,
@@ -211,17 +211,9 @@ class ChatModes:
 
     def _render(self, messages: list[dict[str, Any]], thinking: bool, tools: list[dict[str, Any]] | None,
                 kwargs: dict[str, Any], add_generation_prompt: bool) -> str:
-        hf = self.tokenizer.hf
-        if add_generation_prompt:
-            return render_chat_prompt(hf, messages, enable_thinking=thinking, tools=tools, template_kwargs=kwargs,
-                                      traits=self.traits)
-        # render_chat_prompt always adds the generation prompt; without one (/tokenize) the same tools choice
-        if tools and self.traits.tools_aware:
-            kwargs = {**kwargs, "tools": tools}
-        elif tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
-            messages = to_generic_messages(messages, tools)
-        return hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=False,
-                                      **{**kwargs, "enable_thinking": thinking})
+        return render_chat_prompt(self.tokenizer.hf, messages, enable_thinking=thinking, tools=tools,
+                                  template_kwargs=kwargs, traits=self.traits,
+                                  add_generation_prompt=add_generation_prompt)
 
 
 def _delta_call(d: ToolCallDelta) -> DeltaToolCall:
