@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/guided.py [--streams 16] [--tokens 64]
 
-Runs the same 16 chat requests through the engine three ways: free, with a response_format
-json_schema grammar (xgrammar), and in reasoning mode with a thinking budget that forces `</think>`
-(the embedded default model uses the generic `<think>` fallback). Reports seconds per output token.
+Runs the same 16 chat requests through the engine: free and with a response_format json_schema
+grammar (xgrammar), at identical per-request lengths; then in reasoning mode without and with a
+thinking budget that forces `</think>` (the embedded default model uses the generic `<think>`
+fallback). Each pair twice; reports milliseconds per output token.
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "populati
           "required": ["city", "population", "landmarks"]}
 
 
-def run(llm: LLM, prompts: list[list[int]], params: SamplingParams) -> tuple[int, float]:
-    start = time.perf_counter()
-    outs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
-    return sum(len(o.outputs[0].token_ids) for o in outs), time.perf_counter() - start
+def run(llm: LLM, prompts: list[list[int]], params: SamplingParams) -> None:
+    llm.generate(prompt_token_ids=prompts, sampling_params=params)
 
 
 def main() -> None:
@@ -50,19 +49,29 @@ def main() -> None:
     grammar = GuidedDecoding(config).processor_factory(
         response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": SCHEMA}})
     base = dict(max_tokens=args.tokens, temperature=0.0)
-    runs = {
-        # ignore_eos keeps the free run as long as the others; the grammar runs stop when the JSON ends
-        "free": (prompts(False), SamplingParams(**base, ignore_eos=True)),
-        "json_schema": (prompts(False), SamplingParams(**base, logits_processor_factories=[grammar])),
-        "free, reasoning": (prompts(True), SamplingParams(**base, ignore_eos=True)),
-        "budget 16, reasoning": (prompts(True), SamplingParams(
-            **base, ignore_eos=True, logits_processor_factories=[config.budget_processor_factory(16)])),
-    }
-    run(llm, prompts(False), SamplingParams(max_tokens=args.tokens, ignore_eos=True))  # warm-up: a full batch
-    for name, (ids, params) in runs.items():
-        tokens, seconds = run(llm, ids, params)
-        print(f"{name:>22}: {tokens:5d} tokens in {seconds:6.2f} s = {seconds / tokens * 1000:6.2f} ms/token "
-              f"({tokens / seconds:6.1f} tok/s)")
+    run(llm, prompts(False), SamplingParams(**base, ignore_eos=True))  # warm-up: a full batch
+    # The grammar ends each answer where its JSON ends; the free run then gets exactly those lengths,
+    # so both runs have the same batch in every step and differ only by the constraint.
+    guided = llm.generate(prompt_token_ids=prompts(False), sampling_params=SamplingParams(
+        **base, logits_processor_factories=[grammar]))
+    lengths = [len(o.outputs[0].token_ids) for o in guided]
+
+    def timed(name: str, ids: list[list[int]], params: list[SamplingParams]) -> None:
+        start = time.perf_counter()
+        outs = llm.generate(prompt_token_ids=ids, sampling_params=params)
+        seconds = time.perf_counter() - start
+        tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+        print(f"{name:>22}: {tokens:5d} tokens in {seconds:6.2f} s = {seconds / tokens * 1000:6.2f} ms/token")
+
+    free_same = [SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in lengths]
+    json_same = [SamplingParams(**base, logits_processor_factories=[grammar])] * len(lengths)
+    budget = config.budget_processor_factory(16)
+    for _ in range(2):
+        timed("free", prompts(False), free_same)
+        timed("json_schema", prompts(False), json_same)
+        timed("reasoning", prompts(True), [SamplingParams(**base, ignore_eos=True)] * len(lengths))
+        timed("reasoning, budget 16", prompts(True), [SamplingParams(
+            **base, ignore_eos=True, logits_processor_factories=[budget])] * len(lengths))
 
 
 if __name__ == "__main__":
