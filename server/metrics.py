@@ -66,6 +66,9 @@ class ServerMetrics:
         self.e2e_request_latency = Histogram(
             "exaone:e2e_request_latency_seconds", "Time from arrival to the last output.",
             buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_time = Histogram(
+            "exaone:request_queue_time_seconds", "Time a request waited before its prefill was first scheduled.",
+            buckets=_LATENCY_BUCKETS, registry=r)
         self.prompt_tokens = Counter("exaone:prompt_tokens", "Prompt tokens processed.", registry=r)
         self.generation_tokens = Counter("exaone:generation_tokens", "Tokens generated.", registry=r)
         self.request_success = Counter(
@@ -102,6 +105,8 @@ class RequestTracker:
         if self.first_token is None:
             self.first_token = now
             m.time_to_first_token.observe(now - self.arrival)
+            if out.metrics is not None and out.metrics.first_scheduled_time is not None:
+                m.queue_time.observe(out.metrics.first_scheduled_time - out.metrics.arrival_time)
             m.prompt_tokens.inc(self.num_prompt_tokens)
         else:
             m.inter_token_latency.observe(now - self.last_output)

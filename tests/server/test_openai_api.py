@@ -6,7 +6,7 @@ import json
 
 import httpx2
 import pytest
-from harness import live_server, make_engine
+from harness import live_server, make_engine, metrics
 from openai import OpenAI
 
 from server.app import create_app
@@ -192,3 +192,18 @@ def test_tokenize_detokenize_round_trip(base_url):
     assert r.status_code == 200 and r.json() == {"prompt": COUNTING}
     info = httpx2.post(f"{base_url}/tokenize", json={"prompt": COUNTING}).json()
     assert info["count"] == len(info["tokens"]) and info["max_model_len"] == 1024
+
+
+def test_metrics_count_requests_tokens_and_latencies(client, base_url):
+    before = metrics(base_url)
+    r = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, temperature=0)
+    after = metrics(base_url)
+
+    def delta(name: str) -> float:
+        return after.get((name, ()), 0.0) - before.get((name, ()), 0.0)
+
+    assert delta("exaone:generation_tokens_total") == r.usage.completion_tokens
+    assert delta("exaone:prompt_tokens_total") == r.usage.prompt_tokens
+    for histogram in ("time_to_first_token_seconds", "request_queue_time_seconds", "e2e_request_latency_seconds"):
+        assert delta(f"exaone:{histogram}_count") == 1, histogram
+    assert after[("exaone:num_requests_running", ())] == 0
