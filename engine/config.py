@@ -15,6 +15,8 @@ SUPPORTED_ARCHITECTURES = {
     "Exaone4ForCausalLM": "exaone4",
     "LlamaForCausalLM": "llama",
 }
+EXAONE4_DEFAULT_WINDOW = 4096
+EXAONE4_DEFAULT_PATTERN = 4
 
 
 @dataclass(frozen=True)
@@ -117,11 +119,14 @@ def _rope_settings(hf: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
 
 def _layer_specs(hf: dict[str, Any], family: str, num_layers: int) -> list[LayerSpec]:
     """One spec per layer from layer_types, or from sliding_window_pattern (int or "LLLG")."""
-    window = hf.get("sliding_window") if family == "exaone4" else None
+    window = None
+    if family == "exaone4":
+        # Absent keys take Exaone4Config's defaults (window 4096, every 4th layer global), as transformers does.
+        window = hf.get("sliding_window", EXAONE4_DEFAULT_WINDOW)
     is_sliding = [False] * num_layers
     if window is not None:
         layer_types = hf.get("layer_types")
-        pattern = hf.get("sliding_window_pattern")
+        pattern = hf.get("sliding_window_pattern", EXAONE4_DEFAULT_PATTERN)
         if layer_types:
             if len(layer_types) != num_layers:
                 raise ModelLoadError(f"layer_types has {len(layer_types)} entries for {num_layers} layers")
