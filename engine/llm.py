@@ -67,6 +67,9 @@ class LLM:
                 acc = results.get(out.request_id)
                 if acc is None:
                     acc = results[out.request_id] = RequestOutput(out.request_id, out.prompt_token_ids, [], False)
+                if out.prompt_logprobs is not None:
+                    acc.prompt_logprobs = out.prompt_logprobs
+                acc.metrics = out.metrics
                 for delta in out.outputs:
                     while len(acc.outputs) <= delta.index:
                         acc.outputs.append(CompletionOutput(len(acc.outputs), "", [], None))

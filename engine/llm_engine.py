@@ -177,7 +177,11 @@ class LLMEngine:
         batch = ScheduledBatch([batch.seqs[i] for i in order], [batch.num_new_tokens[i] for i in order])
         sample_rows = [i for i, (s, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True))
                        if s.num_computed_tokens + n == s.num_tokens]
-        logits = self.runner.execute(batch, sample_rows)
+        full_rows = [i for i, s in enumerate(batch.seqs)
+                     if s.params.prompt_logprobs is not None and len(s.prompt_logprobs) < s.num_prompt_tokens]
+        logits, full_logits = self.runner.execute(batch, sample_rows, full_rows)
+        for row, chunk_logits in full_logits.items():
+            self._add_prompt_logprobs(batch.seqs[row], chunk_logits)
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             seq.num_computed_tokens += n
         samplers: list[Sequence] = []
@@ -192,6 +196,23 @@ class LLMEngine:
         rows = [self._sampling_row(s) for s in samplers]
         sampled = self.sampler(logits, rows)
         return self._process(samplers, sampled)
+
+    @staticmethod
+    def _add_prompt_logprobs(seq: Sequence, chunk_logits: torch.Tensor) -> None:
+        """Logprobs of the prompt tokens this chunk predicts (position j predicts token j + 1)."""
+        start = seq.num_computed_tokens
+        # After a preemption the chunk is recomputed: skip what is already recorded.
+        first = len(seq.prompt_logprobs) - 1 - start
+        targets = seq.token_ids[start + 1 + first : min(start + len(chunk_logits), seq.num_prompt_tokens - 1) + 1]
+        if first < 0 or not targets:
+            return
+        logprobs = torch.log_softmax(chunk_logits[first : first + len(targets)], dim=-1)
+        chosen = logprobs.gather(1, torch.tensor(targets, device=logprobs.device)[:, None])[:, 0].tolist()
+        k = seq.params.prompt_logprobs
+        top_lps, top_ids = logprobs.topk(k, dim=-1) if k else (None, None)
+        for i, token in enumerate(targets):
+            top = list(zip(top_ids[i].tolist(), top_lps[i].tolist(), strict=True)) if k else []
+            seq.prompt_logprobs.append(TokenLogprob(token, chosen[i], top))
 
     @staticmethod
     def _sampling_row(seq: Sequence) -> SamplingRow:
@@ -277,7 +298,11 @@ class LLMEngine:
             finished = all(s.is_finished for s in seqs)
             first = seqs[0]
             metrics = RequestMetrics(first.arrival_time, first.first_scheduled_time)
-            outputs.append(RequestOutput(request_id, self.prompts[request_id], outs, finished, metrics))
+            prompt_logprobs = None
+            if first.params.prompt_logprobs is not None and first.num_output_tokens == 1 and outs[0].index == 0:
+                prompt_logprobs = first.prompt_logprobs
+            outputs.append(RequestOutput(request_id, self.prompts[request_id], outs, finished, metrics,
+                                         prompt_logprobs))
             if finished:
                 del self.requests[request_id], self.prompts[request_id]
         return outputs

@@ -37,15 +37,17 @@ class ModelRunner:
             self.caches[kind][:, :, dst] = self.caches[kind][:, :, src]
 
     @torch.inference_mode()
-    def execute(self, batch: ScheduledBatch, sample_rows: list[int]) -> torch.Tensor:
-        """Run the batch; returns fp32 logits for the last token of the sequences in sample_rows.
-
-        The batch must list single-token (decode) sequences first.
-        """
+    def execute(self, batch: ScheduledBatch, sample_rows: list[int],
+                full_rows: list[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run the batch: fp32 logits of the last token of each sequence in sample_rows, and of every
+        token of each sequence in full_rows (prompt logprobs). Decode sequences must come first."""
         meta, input_ids = self.prepare(batch)
         hidden = self.model(input_ids, meta, self.layer_caches)
         last = meta.query_start_loc[1:] - 1
-        return self.model.compute_logits(hidden[last[sample_rows]])
+        logits = self.model.compute_logits(hidden[last[sample_rows]])
+        starts = meta.query_start_loc.tolist() if full_rows else []
+        full = {row: self.model.compute_logits(hidden[starts[row] : starts[row + 1]]) for row in full_rows}
+        return logits, full
 
     def prepare(self, batch: ScheduledBatch) -> tuple[AttentionMetadata, torch.Tensor]:
         """Flat input ids and attention metadata for a batch, vectorised over tokens."""

@@ -51,3 +51,5 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics | None = None
+    # Sent once, with the request's first output, when SamplingParams.prompt_logprobs is set.
+    prompt_logprobs: list[TokenLogprob | None] | None = None

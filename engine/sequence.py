@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.kv_cache import BlockTable
+from engine.outputs import TokenLogprob
 from engine.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -43,6 +44,8 @@ class Sequence:
     stop_reason: str | int | None = None
     arrival_time: float = field(default_factory=time.monotonic)
     first_scheduled_time: float | None = None
+    # With params.prompt_logprobs: one entry per prompt token computed so far (None for the first).
+    prompt_logprobs: list[TokenLogprob | None] = field(default_factory=lambda: [None])
     # Samples 2..n of a request wait for sample 1's prefill and fork its blocks.
     children: list[Sequence] = field(default_factory=list)
 

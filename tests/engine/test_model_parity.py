@@ -3,6 +3,7 @@
 import pytest
 import torch
 from reference import hf_greedy, random_prompts
+from transformers import AutoModelForCausalLM
 
 from engine import LLM, SamplingParams
 
@@ -22,3 +23,22 @@ def test_greedy_tokens_and_logprobs_match_transformers(tiny_models, kind):
         ours = torch.tensor([lp.logprob for lp in sample.logprobs])
         assert torch.allclose(ours, torch.tensor(ref_lps), atol=1e-4, rtol=0), (ours - torch.tensor(ref_lps)).abs().max()
         assert sample.finish_reason == "length"
+
+
+def test_prompt_logprobs_match_transformers_across_chunks(tiny_models):
+    model_dir = tiny_models["exaone_hybrid"]
+    llm = LLM(model=str(model_dir), progress=False, max_num_batched_tokens=16, block_size=4)
+    prompts = random_prompts(llm.engine.model_config.vocab_size, [37, 9], seed=8)
+    outputs = llm.generate(prompt_token_ids=prompts, sampling_params=SamplingParams(
+        max_tokens=2, temperature=0.0, prompt_logprobs=3))
+    ref_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    for prompt, out in zip(prompts, outputs, strict=True):
+        with torch.no_grad():
+            ref = torch.log_softmax(ref_model(torch.tensor([prompt])).logits[0].float(), -1)
+        entries = out.prompt_logprobs
+        assert entries[0] is None and len(entries) == len(prompt)
+        for pos, entry in enumerate(entries[1:], start=1):
+            assert entry.token_id == prompt[pos]
+            assert abs(entry.logprob - ref[pos - 1, prompt[pos]].item()) < 1e-4
+            top_ids = [t for t, _ in entry.top]
+            assert top_ids == ref[pos - 1].topk(3).indices.tolist()
