@@ -240,8 +240,8 @@ class CompletionLogprobs(Struct):
     """Legacy completions logprobs: parallel lists per token."""
 
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]]
+    token_logprobs: list[float | None]  # None for the first echoed prompt token
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
 
 

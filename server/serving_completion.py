@@ -40,9 +40,22 @@ def prompt_inputs(state: ServerState, prompt: str | list[str | int | list[int]])
                       "or a list of lists of token ids", "prompt")
 
 
-def completion_logprobs(state: ServerState, entries: list[TokenLogprob], offset: int) -> CompletionLogprobs:
-    """Legacy logprobs; each top_logprobs dict also holds the sampled token (as OpenAI and vLLM do)."""
-    tokens, token_logprobs, top, offsets = [], [], [], []
+def completion_logprobs(state: ServerState, entries: list[TokenLogprob], offset: int,
+                        first_prompt_token: int | None = None) -> CompletionLogprobs:
+    """Legacy logprobs; each top_logprobs dict also holds the sampled token (as OpenAI and vLLM do).
+
+    With echo, the first prompt token (which nothing predicts) comes first with null logprobs."""
+    tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    top: list[dict[str, float] | None] = []
+    offsets: list[int] = []
+    if first_prompt_token is not None:
+        text = state.token_text(first_prompt_token)
+        tokens.append(text)
+        token_logprobs.append(None)
+        top.append(None)
+        offsets.append(offset)
+        offset += len(text)
     for e in entries:
         text = state.token_text(e.token_id)
         tokens.append(text)
@@ -53,15 +66,21 @@ def completion_logprobs(state: ServerState, entries: list[TokenLogprob], offset:
     return CompletionLogprobs(tokens, token_logprobs, top, offsets)
 
 
+def echo_logprobs(state: ServerState, group: RequestGroup, prompt: int,
+                  entries: list[TokenLogprob | None]) -> CompletionLogprobs:
+    """Legacy logprobs of an echoed prompt: its first token, then every later one with its logprob."""
+    return completion_logprobs(state, [e for e in entries[1:] if e is not None], 0,
+                               first_prompt_token=group.requests[prompt].prompt_ids[0])
+
+
 async def create_completion(state: ServerState, request: Request) -> Response:
     """Handle one completions request (one engine request per prompt)."""
     req = await state.read_body(request, CompletionRequest)
     state.check_model(req.model)
-    if req.echo and req.logprobs is not None:
-        raise bad_request("echo with logprobs needs prompt logprobs, which this server does not compute yet",
-                          "echo")
     max_tokens = req.max_tokens if req.max_tokens is not None else DEFAULT_MAX_TOKENS
     params = state.sampling_params(req, max_tokens, req.logprobs)
+    if req.echo and req.logprobs is not None:
+        params.prompt_logprobs = req.logprobs  # echoed prompt tokens get their logprobs too
     inputs = prompt_inputs(state, req.prompt)
     tokenizer = state.ready_engine().tokenizer
     echoes = [(text if text is not None else tokenizer.decode(ids, skip_special_tokens=False)) if req.echo else ""
@@ -74,6 +93,13 @@ async def create_completion(state: ServerState, request: Request) -> Response:
                          lambda: _collect(state, req, group, echoes, request_id, created))
 
 
+def _join(echoed: CompletionLogprobs | None, generated: CompletionLogprobs) -> CompletionLogprobs:
+    if echoed is None:
+        return generated
+    return CompletionLogprobs(echoed.tokens + generated.tokens, echoed.token_logprobs + generated.token_logprobs,
+                              echoed.top_logprobs + generated.top_logprobs, echoed.text_offset + generated.text_offset)
+
+
 def _usage(group: RequestGroup, completion_tokens: int) -> UsageInfo:
     prompt_tokens = sum(len(r.prompt_ids) for r in group.requests)
     return UsageInfo(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
@@ -83,12 +109,16 @@ async def _collect(state: ServerState, req: CompletionRequest, group: RequestGro
                    request_id: str, created: int) -> CompletionResponse:
     n = req.n
     samples = [CompletionOutput(i, "", []) for i in range(n * len(echoes))]
+    echoed: list[CompletionLogprobs | None] = [None] * len(echoes)
     async for prompt, out in group.outputs():
+        if out.prompt_logprobs is not None:
+            echoed[prompt] = echo_logprobs(state, group, prompt, out.prompt_logprobs)
         for delta in out.outputs:
             samples[prompt * n + delta.index].extend(delta)
     choices = [
         CompletionChoice(i, echoes[i // n] + s.text,
-                         completion_logprobs(state, s.logprobs or [], 0) if req.logprobs is not None else None,
+                         _join(echoed[i // n], completion_logprobs(state, s.logprobs or [], len(echoes[i // n])))
+                         if req.logprobs is not None else None,
                          s.finish_reason, s.stop_reason)
         for i, s in enumerate(samples)
     ]
@@ -104,13 +134,19 @@ async def _stream(state: ServerState, req: CompletionRequest, group: RequestGrou
     def chunk(choice: CompletionChoice) -> bytes:
         return event(CompletionResponse(request_id, created, state.model_name, [choice], usage=usage))
 
+    # With logprobs, an echo waits for its prompt logprobs, which come with the prompt's first output.
+    echo_later = req.logprobs is not None
     for i in range(n * len(echoes)):
-        if echoes[i // n]:
+        if echoes[i // n] and not echo_later:
             yield chunk(CompletionChoice(i, echoes[i // n], None, None))
-    offsets = [0] * (n * len(echoes))
+    offsets = [len(echoes[i // n]) for i in range(n * len(echoes))]
     completion_tokens = 0
     try:
         async for prompt, out in group.outputs():
+            if echo_later and out.prompt_logprobs is not None:
+                echoed = echo_logprobs(state, group, prompt, out.prompt_logprobs)
+                for i in range(prompt * n, prompt * n + n):
+                    yield chunk(CompletionChoice(i, echoes[prompt], echoed, None))
             for delta in out.outputs:
                 index = prompt * n + delta.index
                 completion_tokens += len(delta.token_ids)

@@ -87,7 +87,6 @@ COMPLETION_CASES = {
     "mixed prompt list": ({"model": MODEL, "prompt": ["a", 1]}, "prompt"),
     "empty prompt list": ({"model": MODEL, "prompt": []}, "prompt"),
     "logprobs over 20": ({"model": MODEL, "prompt": "a", "logprobs": 21}, "logprobs"),
-    "echo with logprobs": ({"model": MODEL, "prompt": "a", "echo": True, "logprobs": 1}, "echo"),
     "token id outside the vocabulary": ({"model": MODEL, "prompt": [10**9]}, None),
 }
 

@@ -207,3 +207,22 @@ def test_metrics_count_requests_tokens_and_latencies(client, base_url):
     for histogram in ("time_to_first_token_seconds", "request_queue_time_seconds", "e2e_request_latency_seconds"):
         assert delta(f"exaone:{histogram}_count") == 1, histogram
     assert after[("exaone:num_requests_running", ())] == 0
+
+
+def test_echo_with_logprobs_scores_the_prompt_streaming_or_not(client, base_url):
+    prompt_ids = tokenize(base_url, prompt=COUNTING)
+    kwargs = dict(model=MODEL, prompt=COUNTING, max_tokens=3, temperature=0, echo=True, logprobs=2)
+    whole = client.completions.create(**kwargs).choices[0]
+    lp = whole.logprobs
+    assert "".join(lp.tokens) == whole.text and whole.text.startswith(COUNTING)
+    assert len(lp.tokens) == len(prompt_ids) + 3
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(x <= 0 for x in lp.token_logprobs[1:])
+    # a counting prompt is easy to predict once it has started
+    assert max(lp.token_logprobs[len(prompt_ids) - 4 : len(prompt_ids)]) > -1.0
+    assert lp.text_offset == sorted(lp.text_offset)
+    streamed_logprobs: list = []
+    for chunk in client.completions.create(stream=True, **kwargs):
+        if chunk.choices and chunk.choices[0].logprobs:
+            streamed_logprobs += chunk.choices[0].logprobs.token_logprobs
+    assert streamed_logprobs == lp.token_logprobs
