@@ -250,7 +250,13 @@ class LLMEngine:
         top_ids = sampled.top_token_ids.tolist() if sampled.top_token_ids is not None else None
         top_lps = sampled.top_logprobs.tolist() if sampled.top_logprobs is not None else None
         deltas: dict[str, list[CompletionOutput]] = defaultdict(list)
+        failed = set(sampled.failed_rows)
         for i, seq in enumerate(seqs):
+            if i in failed:  # its logits processor raised: end this request only, with what it had
+                seq.finish_reason = "abort"
+                self.scheduler.finish(seq)
+                deltas[seq.request_id].append(CompletionOutput(seq.index, "", [], None, "abort"))
+                continue
             token = token_ids[i]
             seq.token_ids.append(token)
             params = seq.params

@@ -14,11 +14,14 @@ log_softmax(model logits) exactly. (vLLM's default "raw" mode would ignore bans 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import torch
 
 from engine.sampling_params import SamplingParams
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +42,8 @@ class SamplerOutput:
     logprobs: torch.Tensor  # [N] float; NaN when no row in the batch asked for logprobs
     top_token_ids: torch.Tensor | None = None  # [N, K] long
     top_logprobs: torch.Tensor | None = None  # [N, K] float
+    # Rows whose logits processor raised: their token is meaningless and the request must end.
+    failed_rows: list[int] = field(default_factory=list)
 
 
 def _counts(token_lists: list[list[int]], vocab_size: int, device: torch.device) -> torch.Tensor:
@@ -60,19 +65,21 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         """Next token for each row; see the module docstring for the order of the stages."""
-        logits = self._process(logits.float(), rows)
+        failed: list[int] = []
+        logits = self._process(logits.float(), rows, failed)
         top_k = max((r.params.logprobs for r in rows if r.params.logprobs is not None), default=None)
         logprobs = torch.log_softmax(logits, dim=-1) if top_k is not None else None
         token_ids = self._sample(logits, rows)
         if logprobs is None:
-            return SamplerOutput(token_ids, torch.full(token_ids.shape, float("nan"), device=logits.device))
+            nan = torch.full(token_ids.shape, float("nan"), device=logits.device)
+            return SamplerOutput(token_ids, nan, failed_rows=failed)
         chosen = logprobs.gather(1, token_ids[:, None]).squeeze(1)
         if not top_k:
-            return SamplerOutput(token_ids, chosen)
+            return SamplerOutput(token_ids, chosen, failed_rows=failed)
         top_logprobs, top_token_ids = logprobs.topk(top_k, dim=-1)
-        return SamplerOutput(token_ids, chosen, top_token_ids, top_logprobs)
+        return SamplerOutput(token_ids, chosen, top_token_ids, top_logprobs, failed)
 
-    def _process(self, logits: torch.Tensor, rows: list[SamplingRow]) -> torch.Tensor:
+    def _process(self, logits: torch.Tensor, rows: list[SamplingRow], failed: list[int]) -> torch.Tensor:
         """Stages (1)-(3) on a copy of the logits; returns the input itself when none applies."""
         custom = [i for i, r in enumerate(rows) if r.params.logits_processors]
         banned = [(i, t) for i, r in enumerate(rows) if len(r.output_token_ids) < r.params.min_tokens
@@ -84,8 +91,13 @@ class Sampler:
         logits = logits.clone()
         for i in custom:
             row = logits[i]
-            for processor in rows[i].params.logits_processors:
-                row = processor(rows[i].output_token_ids, row)
+            try:
+                for processor in rows[i].params.logits_processors:
+                    row = processor(rows[i].output_token_ids, row)
+            except Exception:  # one request's broken processor must not take the batch down
+                logger.exception("logits processor failed; ending its request")
+                failed.append(i)
+                continue
             logits[i] = row
         vocab_size = logits.shape[1]
         banned = [(i, t) for i, t in banned if 0 <= t < vocab_size]

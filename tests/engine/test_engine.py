@@ -141,3 +141,21 @@ def test_n_samples_share_the_prompt_prefill(tiny_models):
         n=4, max_tokens=12, temperature=1.0, seed=7, ignore_eos=True))[0]
     assert len({tuple(o.token_ids) for o in sampled.outputs}) > 1
     assert_no_blocks_held(llm)
+
+
+def test_a_failing_logits_processor_ends_only_its_request(tiny_models):
+    llm = LLM(model=str(tiny_models["llama"]), progress=False)
+
+    def explode_on_third(output_ids, logits):
+        if len(output_ids) == 2:
+            raise RuntimeError("processor bug")
+        return logits
+
+    prompts = random_prompts(49152, [10, 12, 14], seed=9)
+    params = [greedy(8), greedy(8, logits_processors=[explode_on_third]), greedy(8)]
+    outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
+    assert [o.outputs[0].finish_reason for o in outputs] == ["length", "abort", "length"]
+    assert len(outputs[1].outputs[0].token_ids) == 2
+    assert tokens_of(outputs)[0] == tokens_of(llm.generate(prompt_token_ids=prompts[:1],
+                                                           sampling_params=greedy(8)))[0]
+    assert_no_blocks_held(llm)
