@@ -56,16 +56,11 @@ class AsyncEngine:
 
     # ---- called from the event loop ---------------------------------------------------------
 
-    async def generate(self, prompt: str | list[int], params: SamplingParams,
-                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Stream a request's outputs (deltas); leaving the iterator early aborts the request."""
-        stream = self.submit(prompt, params, request_id)
-        async for out in stream:
-            yield out
-
     def submit(self, prompt: str | list[int], params: SamplingParams,
                request_id: str | None = None) -> AsyncIterator[RequestOutput]:
-        """Validate and queue a request now (raising RequestRejected / EngineOverloaded at once)."""
+        """Validate and queue a request now (raising RequestRejected / EngineOverloaded at once).
+
+        Returns its stream of deltas; leaving the stream early aborts the request."""
         if self.error is not None:
             raise EngineDead(f"engine stopped after an error: {self.error}")
         request_id = request_id or f"req-{next(self._ids)}"

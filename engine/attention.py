@@ -28,7 +28,8 @@ class AttentionMetadata:
     positions: torch.Tensor  # [num_tokens]
     layouts: dict[str, KVLayout]  # "global" / "sliding"
     num_decodes: int
-    query_lens_host: list[int]
+    # Host copies, so that the per-layer prefill loop never waits on the device.
+    query_start_loc_host: list[int]
     seq_lens_host: list[int]
     # Per-step values a backend derives once and reuses in every layer (e.g. decode masks).
     scratch: dict[Any, Any] = field(default_factory=dict)
@@ -94,8 +95,8 @@ class TorchAttentionBackend(AttentionBackend):
         masks = self._step_masks(meta, layout, window, kv_cache.shape[2])
         if nd:
             out[:nd] = self._paged(q[:nd, None], kv_cache, layout.block_tables[:nd], masks[0], scale)[:, 0]
-        starts = meta.query_start_loc.tolist() if len(meta.query_lens_host) > nd else []
-        for i in range(nd, len(meta.query_lens_host)):
+        starts = meta.query_start_loc_host
+        for i in range(nd, len(meta.seq_lens_host)):
             a, b = starts[i], starts[i + 1]
             if meta.seq_lens_host[i] == b - a:
                 # No history: attend over the fresh chunk directly, no cache gather.
@@ -117,8 +118,8 @@ class TorchAttentionBackend(AttentionBackend):
         if nd:
             k_pos = key_positions(layout.block_tables[:nd], meta.seq_lens[:nd], block_size, layout.ring_blocks)
             masks[0] = attention_mask(meta.positions[:nd, None], k_pos, window)
-        starts = meta.query_start_loc.tolist()
-        for i in range(nd, len(meta.query_lens_host)):
+        starts = meta.query_start_loc_host
+        for i in range(nd, len(meta.seq_lens_host)):
             q_pos = meta.positions[None, starts[i] : starts[i + 1]]
             if meta.seq_lens_host[i] == starts[i + 1] - starts[i]:
                 k_pos = q_pos

@@ -6,6 +6,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+THINK_START = "<think>"
+THINK_END = "</think>"
+
 # EXAONE 4.0's chat format (issue 5): `[|role|]\n...[|endofturn|]\n` turns; the generation prompt opens a
 # thinking span (`<think>\n`) when enable_thinking, else an empty one; past assistant turns keep only an
 # empty think block; tools in the system turn, calls as `<tool_call>` lines, results as `<tool_result>`.
@@ -139,8 +142,7 @@ def to_generic_messages(messages: list[dict[str, Any]], tools: list[dict[str, An
 
 def render_chat_prompt(hf_tokenizer: Any, messages: list[dict[str, Any]], *, enable_thinking: bool,
                        tools: list[dict[str, Any]] | None = None, template_kwargs: dict[str, Any] | None = None,
-                       traits: TemplateTraits | None = None, think_start: str = "<think>",
-                       add_generation_prompt: bool = True) -> str:
+                       traits: TemplateTraits | None = None, add_generation_prompt: bool = True) -> str:
     """Render the prompt text (with the generation prompt unless told otherwise), using the template's own
     reasoning/tools support where it has it and the generic fallbacks (`<think>\\n` suffix, tools system
     prompt) where not."""
@@ -153,5 +155,5 @@ def render_chat_prompt(hf_tokenizer: Any, messages: list[dict[str, Any]], *, ena
     prompt = hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
                                               **kwargs)
     if add_generation_prompt and enable_thinking and not traits.thinking_aware:
-        prompt += think_start + "\n"
+        prompt += THINK_START + "\n"
     return prompt

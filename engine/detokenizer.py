@@ -146,10 +146,12 @@ class IncrementalDetokenizer:
 
     def _partial_stop_len(self) -> int:
         """Length of the longest tail of the text that is a proper prefix of some stop string."""
-        longest = 0
-        for string in self.params.stop:
-            for k in range(min(len(string) - 1, len(self._text)), longest, -1):
-                if self._text.endswith(string[:k]):
-                    longest = k
-                    break
-        return longest
+        return max((partial_tag_suffix(self._text, stop) for stop in self.params.stop), default=0)
+
+
+def partial_tag_suffix(text: str, tag: str) -> int:
+    """Length of the longest proper prefix of `tag` that `text` ends with."""
+    for n in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:n]):
+            return n
+    return 0

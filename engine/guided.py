@@ -31,6 +31,7 @@ from xgrammar.structural_tag import (
     TriggeredTagsFormat,
 )
 
+from engine.chat_templates import THINK_END, THINK_START
 from engine.reasoning import END_SEQUENCE, ReasoningConfig, ThinkingTracker
 from engine.sampling_params import LogitsProcessor
 from engine.tool_calls import TOOL_CALL_END, TOOL_CALL_START
@@ -153,13 +154,13 @@ class GuidedDecoding:
             body = OrFormat(elements=[_json_format(response), calls])
         elif mode == "auto":
             body = TriggeredTagsFormat(triggers=[TOOL_CALL_START], tags=tags, stop_after_first=one,
-                                       excludes=[self.config.think_start, self.config.think_end])
+                                       excludes=[THINK_START, THINK_END])
         elif response is not None:
             body = _json_format(response)
         else:
             return None
         if reasoning:  # the matcher starts right after `</think>`: the rest of the end sequence comes first
-            rest = END_SEQUENCE[len(self.config.think_end):]
+            rest = END_SEQUENCE[len(THINK_END):]
             body = SequenceFormat(elements=[ConstStringFormat(value=rest), body])
         compiled = self._compile(StructuralTag(format=body), offered, response)
         return lambda: GuidedProcessor(compiled, self.config, wait_for_think_end=reasoning)
@@ -201,7 +202,8 @@ class GuidedProcessor:
         self._wait = wait_for_think_end
         self._vocab_size = config.tokenizer_info.vocab_size
         self._bitmask = xgrammar.allocate_token_bitmask(1, self._vocab_size)
-        self._eos = sorted(config.eos_token_ids)
+        # an index tensor, moved to the logits' device once, so a step does not build one from a list
+        self._eos = torch.tensor(sorted(config.eos_token_ids))
         self._reset()
 
     def _reset(self) -> None:
@@ -235,7 +237,8 @@ class GuidedProcessor:
         if self._matcher is None or self._broken:
             return logits
         if self._matcher.is_terminated():
-            allowed = logits[self._eos].clone()
+            self._eos = self._eos.to(logits.device)
+            allowed = logits[self._eos]
             logits.fill_(float("-inf"))
             logits[self._eos] = allowed
             return logits

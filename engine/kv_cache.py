@@ -150,12 +150,6 @@ class KVCacheManager:
         partial = num_tokens % self.block_size != 0
         return all(not partial or self.pools[kind].num_free >= 1 for kind in parent)
 
-    def max_blocks_per_seq(self, kind: str, max_model_len: int) -> int:
-        """Table width a pool needs for one sequence of max_model_len tokens."""
-        if kind in self.ring_blocks:
-            return self.ring_blocks[kind]
-        return math.ceil(max_model_len / self.block_size)
-
     def usage(self) -> dict[str, int]:
         """Blocks in use per pool."""
         return {kind: pool.num_blocks - pool.num_free for kind, pool in self.pools.items()}
@@ -169,7 +163,7 @@ def steady_blocks_per_seq(spec: PoolSpec, num_tokens: int, block_size: int, chun
     """Blocks a sequence of num_tokens holds in one pool while computing `chunk` tokens."""
     if spec.window is None:
         return math.ceil(num_tokens / block_size)
-    return min(math.ceil(num_tokens / block_size), math.ceil((spec.window - 1 + chunk) / block_size) + 1)
+    return min(math.ceil(num_tokens / block_size), ring_size(spec.window, block_size, chunk))
 
 
 def split_budget(pools: dict[str, PoolSpec], bytes_per_layer_block: int, budget: int, max_num_seqs: int,

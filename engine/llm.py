@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence as Seq
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import torch
 from tqdm import tqdm
@@ -46,8 +46,7 @@ class LLM:
         for prompt, params in zip(inputs, params_list, strict=True):
             request_id = f"offline-{next(self._ids)}"
             # each request gets its own copy: the engine fills in defaults such as max_tokens
-            self.engine.add_request(request_id, prompt, SamplingParams(**{
-                f.name: getattr(params, f.name) for f in fields(SamplingParams)}))
+            self.engine.add_request(request_id, prompt, replace(params))
             ids.append(request_id)
         return self._run(ids, use_tqdm)
 

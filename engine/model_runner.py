@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import torch
 
@@ -38,14 +39,14 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch, sample_rows: list[int],
-                full_rows: list[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+                full_rows: Sequence[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Run the batch: fp32 logits of the last token of each sequence in sample_rows, and of every
         token of each sequence in full_rows (prompt logprobs). Decode sequences must come first."""
         meta, input_ids = self.prepare(batch)
         hidden = self.model(input_ids, meta, self.layer_caches)
         last = meta.query_start_loc[1:] - 1
         logits = self.model.compute_logits(hidden[last[sample_rows]])
-        starts = meta.query_start_loc.tolist() if full_rows else []
+        starts = meta.query_start_loc_host
         full = {row: self.model.compute_logits(hidden[starts[row] : starts[row + 1]]) for row in full_rows}
         return logits, full
 
@@ -67,9 +68,7 @@ class ModelRunner:
         for kind in self.kv.specs:
             tables = [s.block_tables[kind].table for s in seqs]
             width = max(len(t) for t in tables)
-            table_t = torch.full((len(seqs), width), -1, dtype=torch.int64)
-            for row, t in enumerate(tables):
-                table_t[row, : len(t)] = torch.tensor(t, dtype=torch.int64)
+            table_t = torch.tensor([t + [-1] * (width - len(t)) for t in tables], dtype=torch.int64)
             ring = self.kv.ring_blocks.get(kind)
             entry = positions // bs if ring is None else (positions // bs) % ring
             slots = table_t[seq_idx, entry] * bs + positions % bs
@@ -78,6 +77,6 @@ class ModelRunner:
         meta = AttentionMetadata(
             query_start_loc=cu.to(self.device), seq_lens=seq_lens.to(self.device),
             positions=positions.to(self.device), layouts=layouts, num_decodes=num_decodes,
-            query_lens_host=list(q_lens), seq_lens_host=seq_lens.tolist(),
+            query_start_loc_host=cu.tolist(), seq_lens_host=seq_lens.tolist(),
         )
         return meta, torch.tensor(input_ids, dtype=torch.int64, device=self.device)

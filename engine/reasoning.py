@@ -15,11 +15,10 @@ from typing import Any, NamedTuple
 import torch
 import xgrammar
 
-from engine.chat_templates import template_traits
+from engine.chat_templates import THINK_END, THINK_START
+from engine.detokenizer import partial_tag_suffix
 from engine.sampling_params import LogitsProcessor
 
-THINK_START = "<think>"
-THINK_END = "</think>"
 # After the end tag EXAONE 4.0 writes a blank line, then the answer; the forced sequence is both.
 END_SEQUENCE = THINK_END + "\n\n"
 
@@ -91,14 +90,11 @@ class ReasoningConfig:
 
     end_sequence_ids: tuple[int, ...]
     eos_token_ids: frozenset[int]
-    thinking_aware_template: bool
     # Raw bytes of every token id (model vocab, padding included): lets per-step code find `</think>`
     # in the output however it was tokenized, without a tokenizer call.
     token_bytes: Sequence[bytes] = field(repr=False)
     tokenizer_info: xgrammar.TokenizerInfo = field(repr=False)
     encode: Callable[[str], list[int]] = field(repr=False)
-    think_start: str = THINK_START
-    think_end: str = THINK_END
 
     @classmethod
     def from_tokenizer(cls, hf_tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int]) -> ReasoningConfig:
@@ -111,7 +107,6 @@ class ReasoningConfig:
         token_bytes = [b"" if i in special else data for i, data in enumerate(info.decoded_vocab)]
         return cls(
             end_sequence_ids=tuple(encode(END_SEQUENCE)), eos_token_ids=frozenset(eos_token_ids),
-            thinking_aware_template=template_traits(hf_tokenizer).thinking_aware,
             token_bytes=token_bytes, tokenizer_info=info, encode=encode)
 
     def budget_processor_factory(self, budget: int, message: str | None = None) -> Callable[[], LogitsProcessor]:
@@ -127,8 +122,8 @@ class ThinkingTracker:
 
     def __init__(self, config: ReasoningConfig) -> None:
         self._bytes = config.token_bytes
-        self._end = config.think_end.encode()
-        self._rest = END_SEQUENCE[len(config.think_end):].encode()
+        self._end = THINK_END.encode()
+        self._rest = END_SEQUENCE[len(THINK_END):].encode()
         self._tail = b""  # the last bytes inside the span, enough to see an end tag split across tokens
         self.in_thinking = True  # reasoning-mode output starts inside the span the prompt opened
         self.thinking_tokens = 0  # tokens up to and including the end sequence
@@ -172,7 +167,8 @@ class ThinkingBudgetProcessor:
         self._config = config
         self._budget = budget
         self._forced = tuple(forced)
-        self._eos = sorted(config.eos_token_ids)
+        # an index tensor, moved to the logits' device once, so a step does not build one from a list
+        self._eos = torch.tensor(sorted(config.eos_token_ids))
         self._reset()
 
     def _reset(self) -> None:
@@ -194,6 +190,7 @@ class ThinkingBudgetProcessor:
             logits[self._forced[step]] = 0.0
             return logits
         if not tracker.has_answer:
+            self._eos = self._eos.to(logits.device)
             logits[self._eos] = float("-inf")
         return logits
 
@@ -205,9 +202,9 @@ class ReasoningParser:
     Partial tags at the end of a delta are held back; the blank line after `</think>` is dropped.
     """
 
-    def __init__(self, enabled: bool, think_start: str = THINK_START, think_end: str = THINK_END) -> None:
+    def __init__(self, enabled: bool) -> None:
         self.in_thinking = enabled
-        self._start, self._end = think_start, think_end
+        self._start, self._end = THINK_START, THINK_END
         self._pending = ""  # text not yet assigned: possibly the start of a tag
         self._after_end = False  # right after `</think>`: leading whitespace is dropped
 
@@ -251,9 +248,9 @@ class ReasoningParser:
         content.append(text)
 
 
-def partial_tag_suffix(text: str, tag: str) -> int:
-    """Length of the longest proper prefix of `tag` that `text` ends with."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0
+def split_reasoning(text: str, enabled: bool) -> tuple[str, str]:
+    """(reasoning, content) of a whole output: one feed, then finish."""
+    parser = ReasoningParser(enabled)
+    reasoning, content = parser.feed(text)
+    rest_reasoning, rest_content = parser.finish()
+    return reasoning + rest_reasoning, content + rest_content

@@ -66,7 +66,9 @@ class Sampler:
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         """Next token for each row; see the module docstring for the order of the stages."""
         failed: list[int] = []
-        logits = self._process(logits.float(), rows, failed)
+        as_float = logits.float()
+        # .float() of bf16/fp16 logits is already a private copy; fp32 logits are the caller's tensor
+        logits = self._process(as_float, rows, failed, owned=as_float is not logits)
         top_k = max((r.params.logprobs for r in rows if r.params.logprobs is not None), default=None)
         logprobs = torch.log_softmax(logits, dim=-1) if top_k is not None else None
         token_ids = self._sample(logits, rows)
@@ -79,8 +81,9 @@ class Sampler:
         top_logprobs, top_token_ids = logprobs.topk(top_k, dim=-1)
         return SamplerOutput(token_ids, chosen, top_token_ids, top_logprobs, failed)
 
-    def _process(self, logits: torch.Tensor, rows: list[SamplingRow], failed: list[int]) -> torch.Tensor:
-        """Stages (1)-(3) on a copy of the logits; returns the input itself when none applies."""
+    def _process(self, logits: torch.Tensor, rows: list[SamplingRow], failed: list[int],
+                 owned: bool) -> torch.Tensor:
+        """Stages (1)-(3) on a private copy of the logits (`owned`: already one); the input when none applies."""
         custom = [i for i, r in enumerate(rows) if r.params.logits_processors]
         banned = [(i, t) for i, r in enumerate(rows) if len(r.output_token_ids) < r.params.min_tokens
                   for t in self._stop_ids(r.params)]
@@ -88,7 +91,8 @@ class Sampler:
                      or r.params.presence_penalty != 0.0 or r.params.frequency_penalty != 0.0]
         if not (custom or banned or penalized):
             return logits
-        logits = logits.clone()
+        if not owned:
+            logits = logits.clone()
         for i in custom:
             row = logits[i]
             try:

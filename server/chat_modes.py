@@ -204,17 +204,12 @@ class ChatModes:
         if reserved:
             raise bad_request(f"chat_template_kwargs may not set {', '.join(reserved)}", "chat_template_kwargs")
         try:
-            text = self._render(template_messages(messages), mode.enabled, tools, kwargs, add_generation_prompt)
+            text = render_chat_prompt(self.tokenizer.hf, template_messages(messages), enable_thinking=mode.enabled,
+                                      tools=tools, template_kwargs=kwargs, traits=self.traits,
+                                      add_generation_prompt=add_generation_prompt)
         except (jinja2.TemplateError, ValueError) as e:
             raise bad_request(f"the chat template rejected the messages: {e}", "messages") from None
         return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def _render(self, messages: list[dict[str, Any]], thinking: bool, tools: list[dict[str, Any]] | None,
-                kwargs: dict[str, Any], add_generation_prompt: bool) -> str:
-        return render_chat_prompt(self.tokenizer.hf, messages, enable_thinking=thinking, tools=tools,
-                                  template_kwargs=kwargs, traits=self.traits,
-                                  add_generation_prompt=add_generation_prompt)
-
 
 def _delta_call(d: ToolCallDelta) -> DeltaToolCall:
     first = d.id is not None

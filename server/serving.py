@@ -123,7 +123,8 @@ class ServerState:
 
     def sampling_params(self, req: SamplingRequest, max_tokens: int | None, logprobs: int | None,
                         defaults: dict[str, Any] | None = None,
-                        factories: list[ProcessorFactory] | None = None) -> SamplingParams:
+                        factories: list[ProcessorFactory] | None = None,
+                        prompt_logprobs: int | None = None) -> SamplingParams:
         """SamplingParams from a request (400 naming the field when a value is out of range).
 
         `defaults` fill sampling fields the request leaves unset (absent or null); `factories` build
@@ -132,11 +133,10 @@ class ServerState:
         if req.n > max_n:
             raise bad_request(f"n must be at most {max_n} (the server's --max-num-seqs), got {req.n}", "n")
         given = {name: getattr(req, name) for name in _OPTIONAL_SAMPLING if getattr(req, name) is not None}
-        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         try:
             return SamplingParams(
-                n=req.n, max_tokens=max_tokens, min_tokens=req.min_tokens, stop=stop, ignore_eos=req.ignore_eos,
-                logprobs=logprobs, skip_special_tokens=req.skip_special_tokens,
+                n=req.n, max_tokens=max_tokens, min_tokens=req.min_tokens, stop=req.stop or [],
+                ignore_eos=req.ignore_eos, logprobs=logprobs, prompt_logprobs=prompt_logprobs, skip_special_tokens=req.skip_special_tokens,
                 include_stop_str_in_output=req.include_stop_str_in_output,
                 logits_processor_factories=list(factories or []), **{**(defaults or {}), **given})
         except ValueError as e:

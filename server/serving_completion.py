@@ -10,7 +10,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from msgspec import UNSET, UnsetType
 
-from engine.outputs import CompletionOutput, TokenLogprob
+from engine.outputs import CompletionOutput, RequestOutput, TokenLogprob
 from server.errors import bad_request
 from server.schemas import (
     CompletionChoice,
@@ -66,11 +66,11 @@ def completion_logprobs(state: ServerState, entries: list[TokenLogprob], offset:
     return CompletionLogprobs(tokens, token_logprobs, top, offsets)
 
 
-def echo_logprobs(state: ServerState, group: RequestGroup, prompt: int,
-                  entries: list[TokenLogprob | None]) -> CompletionLogprobs:
-    """Legacy logprobs of an echoed prompt: its first token, then every later one with its logprob."""
-    return completion_logprobs(state, [e for e in entries[1:] if e is not None], 0,
-                               first_prompt_token=group.requests[prompt].prompt_ids[0])
+def echo_logprobs(state: ServerState, out: RequestOutput,
+                  generated: list[TokenLogprob] | None = None) -> CompletionLogprobs:
+    """Legacy logprobs of an echoed prompt (its first token, then every later one), then of `generated`."""
+    scored = [e for e in out.prompt_logprobs[1:] if e is not None]
+    return completion_logprobs(state, scored + (generated or []), 0, first_prompt_token=out.prompt_token_ids[0])
 
 
 async def create_completion(state: ServerState, request: Request) -> Response:
@@ -78,9 +78,9 @@ async def create_completion(state: ServerState, request: Request) -> Response:
     req = await state.read_body(request, CompletionRequest)
     state.check_model(req.model)
     max_tokens = req.max_tokens if req.max_tokens is not None else DEFAULT_MAX_TOKENS
-    params = state.sampling_params(req, max_tokens, req.logprobs)
-    if req.echo and req.logprobs is not None:
-        params.prompt_logprobs = req.logprobs  # echoed prompt tokens get their logprobs too
+    # with echo, the echoed prompt tokens get their logprobs too
+    params = state.sampling_params(req, max_tokens, req.logprobs,
+                                   prompt_logprobs=req.logprobs if req.echo else None)
     inputs = prompt_inputs(state, req.prompt)
     tokenizer = state.ready_engine().tokenizer
     echoes = [(text if text is not None else tokenizer.decode(ids, skip_special_tokens=False)) if req.echo else ""
@@ -93,13 +93,6 @@ async def create_completion(state: ServerState, request: Request) -> Response:
                          lambda: _collect(state, req, group, echoes, request_id, created))
 
 
-def _join(echoed: CompletionLogprobs | None, generated: CompletionLogprobs) -> CompletionLogprobs:
-    if echoed is None:
-        return generated
-    return CompletionLogprobs(echoed.tokens + generated.tokens, echoed.token_logprobs + generated.token_logprobs,
-                              echoed.top_logprobs + generated.top_logprobs, echoed.text_offset + generated.text_offset)
-
-
 def _usage(group: RequestGroup, completion_tokens: int) -> UsageInfo:
     prompt_tokens = sum(len(r.prompt_ids) for r in group.requests)
     return UsageInfo(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
@@ -109,19 +102,22 @@ async def _collect(state: ServerState, req: CompletionRequest, group: RequestGro
                    request_id: str, created: int) -> CompletionResponse:
     n = req.n
     samples = [CompletionOutput(i, "", []) for i in range(n * len(echoes))]
-    echoed: list[CompletionLogprobs | None] = [None] * len(echoes)
+    scored: list[RequestOutput | None] = [None] * len(echoes)  # the output that carried prompt logprobs
     async for prompt, out in group.outputs():
         if out.prompt_logprobs is not None:
-            echoed[prompt] = echo_logprobs(state, group, prompt, out.prompt_logprobs)
+            scored[prompt] = out
         for delta in out.outputs:
             samples[prompt * n + delta.index].extend(delta)
-    choices = [
-        CompletionChoice(i, echoes[i // n] + s.text,
-                         _join(echoed[i // n], completion_logprobs(state, s.logprobs or [], len(echoes[i // n])))
-                         if req.logprobs is not None else None,
-                         s.finish_reason, s.stop_reason)
-        for i, s in enumerate(samples)
-    ]
+
+    def logprobs(i: int, s: CompletionOutput) -> CompletionLogprobs | None:
+        if req.logprobs is None:
+            return None
+        if (out := scored[i // n]) is not None:
+            return echo_logprobs(state, out, s.logprobs)
+        return completion_logprobs(state, s.logprobs or [], 0)
+
+    choices = [CompletionChoice(i, echoes[i // n] + s.text, logprobs(i, s), s.finish_reason, s.stop_reason)
+               for i, s in enumerate(samples)]
     usage = _usage(group, sum(len(s.token_ids) for s in samples))
     return CompletionResponse(request_id, created, state.model_name, choices, usage=usage)
 
@@ -144,7 +140,7 @@ async def _stream(state: ServerState, req: CompletionRequest, group: RequestGrou
     try:
         async for prompt, out in group.outputs():
             if echo_later and out.prompt_logprobs is not None:
-                echoed = echo_logprobs(state, group, prompt, out.prompt_logprobs)
+                echoed = echo_logprobs(state, out)
                 for i in range(prompt * n, prompt * n + n):
                     yield chunk(CompletionChoice(i, echoes[prompt], echoed, None))
             for delta in out.outputs:

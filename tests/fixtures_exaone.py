@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import transformers
-from conftest import make_tiny_model
+from fixtures_models import make_tiny_model
 
 from engine.chat_templates import EXAONE4_TEMPLATE
 from engine.gguf_loader import gguf_tokenizer_dir

@@ -50,7 +50,8 @@ def test_wrong_shape_names_the_tensor_and_both_shapes(model_copy):
     def shrink(tensors):
         tensors["model.layers.0.self_attn.k_proj.weight"] = tensors["model.layers.0.self_attn.k_proj.weight"][:16]
 
-    message = load_error(model_copy) if rewrite_weights(model_copy, shrink) is None else ""
+    rewrite_weights(model_copy, shrink)
+    message = load_error(model_copy)
     assert "model.layers.0.self_attn.k_proj.weight" in message
     assert "(16, 64)" in message and "(32, 64)" in message
 

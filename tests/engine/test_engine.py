@@ -4,7 +4,7 @@ import math
 import random
 
 import pytest
-from conftest import make_tiny_model
+from fixtures_models import make_tiny_model
 from reference import hf_greedy, random_prompts
 
 from engine import LLM, SamplingParams

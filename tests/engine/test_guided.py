@@ -5,30 +5,13 @@ import json
 import jsonschema
 import pytest
 import torch
+from fixtures_tools import PERSON, PERSON_FORMAT, SCHEMAS, TIME, TOOLS
 
 from engine import LLM, SamplingParams
 from engine.chat_templates import render_chat_prompt
 from engine.guided import GuidedDecoding
-from engine.reasoning import ReasoningConfig, ReasoningParser
+from engine.reasoning import ReasoningConfig, split_reasoning
 from engine.tool_calls import parse_tool_calls
-
-WEATHER = {"type": "object", "properties": {
-    "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-    "required": ["city", "unit"], "additionalProperties": False}
-TIME = {"type": "object", "properties": {"timezone": {"type": "string", "enum": ["UTC", "KST", "CET"]}},
-        "required": ["timezone"], "additionalProperties": False}
-TOOLS = [
-    {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
-                                      "parameters": WEATHER}},
-    {"type": "function", "function": {"name": "get_time", "description": "Current time in a timezone",
-                                      "parameters": TIME}},
-]
-SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
-PERSON = {"type": "object", "properties": {
-    "name": {"type": "string", "maxLength": 24}, "age": {"type": "integer", "minimum": 0, "maximum": 130},
-    "languages": {"type": "array", "items": {"enum": ["python", "rust", "go"]}, "maxItems": 3}},
-    "required": ["name", "age", "languages"], "additionalProperties": False}
-PERSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +131,6 @@ def test_json_after_a_budgeted_thinking_span(llm, guided):
     budget = guided.config.budget_processor_factory(6)
     factory = guided.processor_factory(response_format=PERSON_FORMAT, reasoning=True)
     for sample in _generate(llm, ids, factory, seeds=4, max_tokens=80, extra=[budget]):
-        reasoning, content = ReasoningParser(enabled=True).feed(sample.text)
+        reasoning, content = split_reasoning(sample.text, enabled=True)
         assert reasoning and sample.finish_reason == "stop", sample.text
         jsonschema.validate(json.loads(content), PERSON)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import make_tiny_model
+from fixtures_models import make_tiny_model
 from safetensors.torch import load_file
 
 from engine import loader

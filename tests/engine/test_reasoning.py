@@ -14,6 +14,7 @@ from engine.reasoning import (
     ReasoningParser,
     count_reasoning_tokens,
     resolve_reasoning,
+    split_reasoning,
 )
 
 ON, OFF = "[|assistant|]\n<think>\n", "[|assistant|]\n<think>\n\n</think>\n\n"
@@ -130,7 +131,7 @@ def test_thinking_budget_forces_the_end_and_an_answer(exaone_llm, config, budget
         assert reasoning_tokens <= budget + forced
         assert _sublist_at(sample.token_ids, config.end_sequence_ids) == reasoning_tokens - forced
         assert "</think>\n\n" in sample.text
-        reasoning, content = ReasoningParser(enabled=True).feed(sample.text)
+        reasoning, content = split_reasoning(sample.text, enabled=True)
         assert content.strip(), sample.text  # an answer always follows
         assert "<think>" not in reasoning + content and "</think>" not in reasoning + content
 
@@ -188,7 +189,7 @@ def test_tracker_finds_a_multi_token_end_tag(default_gguf):
 
     hf = Tokenizer(tokenizer_path(default_gguf)).hf
     config = ReasoningConfig.from_tokenizer(hf, len(hf), [hf.eos_token_id])
-    assert len(config.end_sequence_ids) > 2 and not config.thinking_aware_template
+    assert len(config.end_sequence_ids) > 2 and not template_traits(hf).thinking_aware
     thinking = hf.encode("I think so</think>", add_special_tokens=False) + hf.encode("\n\n")
     assert count_reasoning_tokens(thinking + hf.encode("Yes."), config) == len(thinking)
     newlines = hf.encode("\n")  # the blank line as two tokens still belongs to the span, a third does not

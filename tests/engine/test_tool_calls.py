@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from engine.reasoning import ReasoningParser
+from engine.reasoning import split_reasoning
 from engine.tool_calls import ToolCallParser, parse_tool_calls
 
 CALL = '<tool_call>{"name": "get_weather", "arguments": {"city": "Seoul", "unit": "celsius"}}</tool_call>'
@@ -71,7 +71,7 @@ def test_a_call_cut_by_max_tokens_stays_a_call_marked_open():
 
 def test_tool_calls_in_the_content_after_reasoning():
     text = "I should call get_weather.</think>\n\n" + CALL
-    reasoning, content = ReasoningParser(enabled=True).feed(text)
+    reasoning, content = split_reasoning(text, enabled=True)
     assert reasoning == "I should call get_weather."
     rest, calls = parse_tool_calls(content)
     assert rest == "" and calls[0].name == "get_weather"

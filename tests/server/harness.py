@@ -18,6 +18,8 @@ from engine.async_engine import AsyncEngine
 from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 
+MODEL = "smollm2"  # the name the default-model test servers answer to
+
 
 def free_port() -> int:
     """A loopback port nobody listens on right now."""

@@ -6,46 +6,11 @@ import json
 
 import httpx2
 import jsonschema
-import pytest
-from harness import live_server, make_engine
-from openai import OpenAI
+from fixtures_tools import PERSON, SCHEMAS, TOOLS
+from harness import MODEL
 
-from server.app import create_app
-
-MODEL = "smollm2"
-WEATHER = {"type": "object", "properties": {
-    "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
-    "required": ["city", "unit"], "additionalProperties": False}
-TIME = {"type": "object", "properties": {"timezone": {"type": "string", "enum": ["UTC", "KST", "CET"]}},
-        "required": ["timezone"], "additionalProperties": False}
-TOOLS = [
-    {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
-                                      "parameters": WEATHER}},
-    {"type": "function", "function": {"name": "get_time", "description": "Current time in a timezone",
-                                      "parameters": TIME}},
-]
-SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
 ASK = [{"role": "user", "content": "What's the weather like in Paris today?"}]
-PERSON = {"type": "object", "properties": {
-    "name": {"type": "string", "maxLength": 24}, "age": {"type": "integer", "minimum": 0, "maximum": 130},
-    "languages": {"type": "array", "items": {"enum": ["python", "rust", "go"]}, "maxItems": 3}},
-    "required": ["name", "age", "languages"], "additionalProperties": False}
 SEEDS = 20  # n samples of one request get seeds 0..n-1 and share one prefill
-
-
-@pytest.fixture(scope="module")
-def base_url():
-    engine = make_engine(None, max_model_len=1024)
-    try:
-        with live_server(create_app(engine, served_model_names=[MODEL])) as url:
-            yield url
-    finally:
-        engine.shutdown()
-
-
-@pytest.fixture(scope="module")
-def client(base_url: str) -> OpenAI:
-    return OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def tools_request(**fields) -> dict:
