@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -188,8 +189,6 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Schedule, run the model once, sample, and return what changed for each request."""
-        if self.executor is not None:
-            self.executor.check()
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
@@ -199,7 +198,8 @@ class LLMEngine:
                        if s.num_computed_tokens + n == s.num_tokens]
         full_rows = [i for i, s in enumerate(batch.seqs)
                      if s.params.prompt_logprobs is not None and len(s.prompt_logprobs) < s.num_prompt_tokens]
-        logits, full_logits = self.runner.execute(batch, sample_rows, full_rows)
+        with self.executor.guard() if self.executor is not None else contextlib.nullcontext():
+            logits, full_logits = self.runner.execute(batch, sample_rows, full_rows)
         for row, chunk_logits in full_logits.items():
             self._add_prompt_logprobs(batch.seqs[row], chunk_logits)
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import torch
@@ -81,10 +81,16 @@ class TensorParallelExecutor:
             raise RuntimeError(self._explain(e)) from e
         runner.channel = self.channel
 
-    def check(self) -> None:
-        """Raise if a worker has died (a step would otherwise fail inside a collective)."""
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Around a step: refuse to start once a worker has died, and name the dead worker when a
+        collective fails (gloo/NCCL only say that a connection broke)."""
         if self.failure is not None:
             raise RuntimeError(self.failure)
+        try:
+            yield
+        except RuntimeError as e:
+            raise RuntimeError(self._explain(e)) from e
 
     def shutdown(self) -> None:
         """Stop the workers (asking first, killing stragglers) and leave the group; idempotent."""
@@ -121,4 +127,4 @@ class TensorParallelExecutor:
         deadline = time.monotonic() + 2
         while self.failure is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        return self.failure or f"tensor-parallel start-up failed: {error}"
+        return self.failure or f"tensor-parallel collective failed: {error}"
