@@ -346,5 +346,6 @@ class LLMEngine:
             "waiting": len(self.scheduler.waiting),
             "kv_blocks_used": self.kv.usage(),
             "kv_blocks_total": self.kv.num_blocks(),
+            "block_size": self.kv.block_size,
             "num_preemptions": self.scheduler.num_preemptions,
         }

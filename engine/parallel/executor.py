@@ -18,6 +18,7 @@ from dataclasses import replace
 import torch
 import torch.distributed as dist
 
+from engine.errors import TensorParallelError
 from engine.model_runner import ModelRunner
 from engine.parallel.channel import Op, StepChannel
 from engine.parallel.state import cpu_group, destroy_tensor_parallel, init_tensor_parallel
@@ -70,7 +71,7 @@ class TensorParallelExecutor:
         except BaseException as e:
             message = self._explain(e)
             self.shutdown()
-            raise RuntimeError(message) from e
+            raise TensorParallelError(message) from e
 
     def start(self, runner: ModelRunner) -> None:
         """Send rank 0's KV pool sizes, wait until every worker has its cache, then route steps to them."""
@@ -78,7 +79,7 @@ class TensorParallelExecutor:
             exchange_num_blocks(self.channel.kinds, {k: p.num_blocks for k, p in runner.kv.pools.items()})
             dist.barrier(group=cpu_group())
         except RuntimeError as e:
-            raise RuntimeError(self._explain(e)) from e
+            raise TensorParallelError(self._explain(e)) from e
         runner.channel = self.channel
 
     @contextlib.contextmanager
@@ -86,11 +87,11 @@ class TensorParallelExecutor:
         """Around a step: refuse to start once a worker has died, and name the dead worker when a
         collective fails (gloo/NCCL only say that a connection broke)."""
         if self.failure is not None:
-            raise RuntimeError(self.failure)
+            raise TensorParallelError(self.failure)
         try:
             yield
         except RuntimeError as e:
-            raise RuntimeError(self._explain(e)) from e
+            raise TensorParallelError(self._explain(e)) from e
 
     def shutdown(self) -> None:
         """Stop the workers (asking first, killing stragglers) and leave the group; idempotent."""

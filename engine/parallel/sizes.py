@@ -15,10 +15,10 @@ def validate_tensor_parallel(cfg: ModelConfig, size: int) -> None:
     if size < 1:
         raise ValueError(f"tensor_parallel_size must be at least 1, got {size}")
     problems = [f"{name} ({value})" for name, value in (
-        ("attention heads", cfg.num_heads), ("MLP width (intermediate_size)", cfg.intermediate_size),
-        ("vocabulary (vocab_size)", cfg.vocab_size)) if value % size]
+        ("attention heads", cfg.num_heads), ("intermediate_size", cfg.intermediate_size),
+        ("vocab_size", cfg.vocab_size)) if value % size]
     kv = cfg.num_kv_heads
-    if kv % size and size % kv:
-        problems.append(f"KV heads ({kv}; a group larger than it must be a multiple of it to replicate them)")
+    if kv % size and size % kv:  # more ranks than KV heads: each head is replicated on size // kv ranks
+        problems.append(f"KV heads ({kv}, or be a multiple of them)")
     if problems:
-        raise ValueError(f"tensor_parallel_size {size} does not divide this model's {', '.join(problems)}")
+        raise ValueError(f"tensor_parallel_size {size} must divide this model's {', '.join(problems)}")
