@@ -8,9 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx2
 import pytest
-from harness import free_port, metrics, wait_for
+from harness import free_port, metrics, wait_for, wait_healthy
 from openai import OpenAI
 
 EXAONE_SERVE = str(Path(sys.executable).parent / "exaone-serve")
@@ -45,16 +44,8 @@ def tp_server(tiny_models):
          "--max-model-len", "512", "--log-level", "info"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            return httpx2.get(f"{url}/health").status_code == 200
-        except httpx2.TransportError:
-            return False
-
     try:
-        wait_for(healthy, timeout=180, interval=0.2)
+        wait_healthy(proc, url, timeout=180)
         yield proc, url
     finally:
         if proc.poll() is None:
