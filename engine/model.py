@@ -70,12 +70,13 @@ class Attention(nn.Module):
         super().__init__()
         self.spec, self.layer_idx, self.backend = spec, layer_idx, backend
         tp, hd = tp_size(), cfg.head_dim
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads // tp, kv_heads_per_rank(cfg.num_kv_heads, tp), hd
+        self.num_heads, self.head_dim = cfg.num_heads // tp, hd
+        self.num_kv_heads = kv_heads_per_rank(cfg.num_kv_heads, tp)
         self.q_size, self.kv_size = self.num_heads * hd, self.num_kv_heads * hd
+        full_q, full_kv = cfg.num_heads * hd, cfg.num_kv_heads * hd
         kv_shards = min(tp, cfg.num_kv_heads)  # fewer KV heads than ranks: each is replicated
-        self.qkv_proj = ColumnParallelLinear(cfg.hidden_size, [cfg.num_heads * hd, cfg.num_kv_heads * hd,
-                                                               cfg.num_kv_heads * hd], [tp, kv_shards, kv_shards])
-        self.o_proj = RowParallelLinear(cfg.num_heads * hd, cfg.hidden_size)
+        self.qkv_proj = ColumnParallelLinear(cfg.hidden_size, [full_q, full_kv, full_kv], [tp, kv_shards, kv_shards])
+        self.o_proj = RowParallelLinear(full_q, cfg.hidden_size)
         if spec.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)

@@ -55,7 +55,6 @@ class TensorParallelExecutor:
         self._threads_before = torch.get_num_threads()
         torch.set_num_threads(spec.num_threads)
         self._dir = tempfile.mkdtemp(prefix="exaone-tp-")
-        atexit.register(shutil.rmtree, self._dir, True)
         init_method = f"file://{self._dir}/rendezvous"
         ctx = mp.get_context("spawn")
         self.workers = [
@@ -65,6 +64,7 @@ class TensorParallelExecutor:
         ]
         for p in self.workers:
             p.start()
+        atexit.register(self.shutdown)  # an offline LLM nobody shut down: stop workers before interpreter exit
         threading.Thread(target=self._watch, name="exaone-tp-watch", daemon=True).start()
         try:
             init_tensor_parallel(0, size, init_method, devices[0])
