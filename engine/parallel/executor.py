@@ -80,6 +80,8 @@ class TensorParallelExecutor:
             dist.barrier(group=cpu_group())
         except RuntimeError as e:
             raise TensorParallelError(self._explain(e)) from e
+        # Every rank is connected: the rendezvous file is not needed again, and a kill -9 later leaves nothing.
+        shutil.rmtree(self._dir, ignore_errors=True)
         runner.channel = self.channel
 
     @contextlib.contextmanager
