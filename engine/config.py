@@ -176,3 +176,4 @@ class EngineConfig:
     block_size: int = 16
     kv_cache_memory: int | None = None  # bytes; CPU default picks a budget from max_model_len
     gpu_memory_utilization: float = 0.9
+    tensor_parallel_size: int = 1  # ranks (one process per device) that split each layer

@@ -7,3 +7,7 @@ class ModelLoadError(Exception):
 
 class RequestRejected(ValueError):
     """A request can never be served (too long, bigger than the KV pool, bad parameters)."""
+
+
+class TensorParallelError(RuntimeError):
+    """A tensor-parallel worker died or a collective failed: the engine cannot continue."""

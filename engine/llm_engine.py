@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import os
 from collections import defaultdict
 from dataclasses import replace
 
@@ -14,10 +16,13 @@ from engine.config import EngineConfig, ModelConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import RequestRejected
 from engine.kv_cache import KVCacheManager, PoolSpec, ring_size, split_budget, steady_blocks_per_seq
-from engine.loader import iter_weights, load_config, resolve_model, tokenizer_path
+from engine.loader import load_config, resolve_model, tokenizer_path
 from engine.model import HybridTransformer
 from engine.model_runner import ModelRunner
 from engine.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
+from engine.parallel.executor import TensorParallelExecutor
+from engine.parallel.sizes import kv_heads_per_rank, validate_tensor_parallel
+from engine.parallel.worker import WorkerSpec, log_rank_memory
 from engine.sampler import Sampler, SamplingRow
 from engine.sampling_params import SamplingParams
 from engine.scheduler import ScheduledBatch, Scheduler
@@ -59,33 +64,47 @@ class LLMEngine:
         cfg.max_num_batched_tokens = max(cfg.max_num_batched_tokens, 1)
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(mcfg.eos_token_ids)
 
-        default_dtype = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
+        validate_tensor_parallel(mcfg, cfg.tensor_parallel_size)
+        backend = TorchAttentionBackend()
+        self.executor: TensorParallelExecutor | None = None
+        if cfg.tensor_parallel_size > 1:
+            threads = max(1, (os.cpu_count() or 1) // cfg.tensor_parallel_size)
+            spec = WorkerSpec(path, mcfg, type(backend), self.dtype, str(self.device), cfg.max_model_len,
+                              self._pool_specs(), cfg.block_size, cfg.max_num_batched_tokens, threads,
+                              logging.getLogger().getEffectiveLevel())
+            self.executor = TensorParallelExecutor(cfg.tensor_parallel_size, spec, self.device)
         try:
-            with self.device:
-                self.model = HybridTransformer(mcfg, TorchAttentionBackend(), cfg.max_model_len)
-        finally:
-            torch.set_default_dtype(default_dtype)
-        self.model.load_weights(iter_weights(path, self.dtype, progress=progress))
-        self.model.eval()
-
-        self.kv = self._make_kv_manager()
-        self.runner = ModelRunner(self.model, self.kv, self.dtype, self.device)
+            self.model = HybridTransformer.from_checkpoint(path, mcfg, backend, self.dtype, self.device,
+                                                           cfg.max_model_len, progress)
+            self.kv = self._make_kv_manager()
+            self.runner = ModelRunner(self.model, self.kv, self.dtype, self.device)
+            if self.executor is not None:
+                self.executor.start(self.runner)
+        except BaseException:
+            self.shutdown()
+            raise
+        log_rank_memory(0, cfg.tensor_parallel_size, self.device, self.model, self.runner)
         self.scheduler = Scheduler(cfg, self.kv)
         self.sampler = Sampler(self.eos_token_ids)
         self.requests: dict[str, list[Sequence]] = {}
         self.prompts: dict[str, list[int]] = {}
         self._seq_ids = itertools.count()
 
-    def _make_kv_manager(self) -> KVCacheManager:
-        """Pools per layer kind, sized from kv_cache_memory (CPU) or free GPU memory."""
-        mcfg, cfg = self.model_config, self.config
+    def _pool_specs(self) -> dict[str, PoolSpec]:
+        """One KV pool per layer kind."""
+        mcfg = self.model_config
         counts: dict[str, int] = defaultdict(int)
         for spec in mcfg.layers:
             counts[spec.kv_kind] += 1
-        pools = {kind: PoolSpec(n, mcfg.sliding_window if kind == "sliding" else None) for kind, n in counts.items()}
+        return {kind: PoolSpec(n, mcfg.sliding_window if kind == "sliding" else None) for kind, n in counts.items()}
+
+    def _make_kv_manager(self) -> KVCacheManager:
+        """Pools per layer kind, sized from kv_cache_memory (CPU) or free GPU memory; per rank under TP."""
+        mcfg, cfg = self.model_config, self.config
+        pools = self._pool_specs()
         elem = torch.tensor([], dtype=self.dtype).element_size()
-        bytes_per_layer_block = 2 * cfg.block_size * mcfg.num_kv_heads * mcfg.head_dim * elem
+        kv_heads = kv_heads_per_rank(mcfg.num_kv_heads, cfg.tensor_parallel_size)
+        bytes_per_layer_block = 2 * cfg.block_size * kv_heads * mcfg.head_dim * elem
         budget = cfg.kv_cache_memory
         if budget is None and self.device.type == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
@@ -179,7 +198,8 @@ class LLMEngine:
                        if s.num_computed_tokens + n == s.num_tokens]
         full_rows = [i for i, s in enumerate(batch.seqs)
                      if s.params.prompt_logprobs is not None and len(s.prompt_logprobs) < s.num_prompt_tokens]
-        logits, full_logits = self.runner.execute(batch, sample_rows, full_rows)
+        with self.executor.guard() if self.executor is not None else contextlib.nullcontext():
+            logits, full_logits = self.runner.execute(batch, sample_rows, full_rows)
         for row, chunk_logits in full_logits.items():
             self._add_prompt_logprobs(batch.seqs[row], chunk_logits)
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
@@ -313,6 +333,12 @@ class LLMEngine:
                 del self.requests[request_id], self.prompts[request_id]
         return outputs
 
+    def shutdown(self) -> None:
+        """Stop tensor-parallel workers, if any (idempotent; a later step raises)."""
+        if self.executor is not None:
+            self.executor.shutdown()
+            self.executor.failure = self.executor.failure or "the engine was shut down"
+
     def stats(self) -> dict:
         """Running/waiting counts, KV blocks in use per pool, preemptions so far."""
         return {
@@ -320,5 +346,6 @@ class LLMEngine:
             "waiting": len(self.scheduler.waiting),
             "kv_blocks_used": self.kv.usage(),
             "kv_blocks_total": self.kv.num_blocks(),
+            "block_size": self.kv.block_size,
             "num_preemptions": self.scheduler.num_preemptions,
         }

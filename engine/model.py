@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -12,6 +14,16 @@ from torch import nn
 from engine.attention import AttentionBackend, AttentionMetadata
 from engine.config import LayerSpec, ModelConfig, rope_inv_freq
 from engine.errors import ModelLoadError
+from engine.loader import iter_weights
+from engine.parallel.layers import (
+    ColumnParallelLinear,
+    ParallelLMHead,
+    RowParallelLinear,
+    ShardedLayer,
+    VocabParallelEmbedding,
+)
+from engine.parallel.sizes import kv_heads_per_rank
+from engine.parallel.state import tp_size
 
 
 class RMSNorm(nn.Module):
@@ -52,15 +64,19 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """GQA self-attention with optional per-head QK-norm and optional RoPE."""
+    """GQA self-attention with optional per-head QK-norm and optional RoPE; this rank's heads only."""
 
     def __init__(self, cfg: ModelConfig, spec: LayerSpec, layer_idx: int, backend: AttentionBackend) -> None:
         super().__init__()
         self.spec, self.layer_idx, self.backend = spec, layer_idx, backend
-        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        self.q_size, self.kv_size = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=False)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
+        tp, hd = tp_size(), cfg.head_dim
+        self.num_heads, self.head_dim = cfg.num_heads // tp, hd
+        self.num_kv_heads = kv_heads_per_rank(cfg.num_kv_heads, tp)
+        self.q_size, self.kv_size = self.num_heads * hd, self.num_kv_heads * hd
+        full_q, full_kv = cfg.num_heads * hd, cfg.num_kv_heads * hd
+        kv_shards = min(tp, cfg.num_kv_heads)  # fewer KV heads than ranks: each is replicated
+        self.qkv_proj = ColumnParallelLinear(cfg.hidden_size, [full_q, full_kv, full_kv], [tp, kv_shards, kv_shards])
+        self.o_proj = RowParallelLinear(full_q, cfg.hidden_size)
         if spec.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
@@ -86,8 +102,8 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj = ColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
@@ -123,7 +139,7 @@ class DecoderStack(nn.Module):
 
     def __init__(self, cfg: ModelConfig, backend: AttentionBackend) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, spec, i, backend) for i, spec in enumerate(cfg.layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -143,7 +159,21 @@ class HybridTransformer(nn.Module):
         self.model = DecoderStack(cfg, backend)
         self.rope = RotaryEmbedding(cfg, max_len)
         if not cfg.tie_word_embeddings:
-            self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+            self.lm_head = ParallelLMHead(cfg.vocab_size, cfg.hidden_size)
+
+    @classmethod
+    def from_checkpoint(cls, path: Path, cfg: ModelConfig, backend: AttentionBackend, dtype: torch.dtype,
+                        device: torch.device, max_len: int, progress: bool = False) -> HybridTransformer:
+        """Build the model on `device` and load its weights (this rank's slices in a tensor-parallel group)."""
+        default_dtype = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with device:
+                model = cls(cfg, backend, max_len)
+        finally:
+            torch.set_default_dtype(default_dtype)
+        model.load_weights(iter_weights(path, dtype, progress=progress))
+        return model.eval()
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,
                 kv_caches: list[torch.Tensor]) -> torch.Tensor:
@@ -154,47 +184,45 @@ class HybridTransformer(nn.Module):
             h = layer(h, rope, meta, kv_cache)
         return self.model.norm(h)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Vocabulary logits in fp32 for the given hidden states."""
-        weight = self.model.embed_tokens.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """Vocabulary logits in fp32 for the given hidden states (on rank 0; None on other ranks)."""
+        head = self.model.embed_tokens if self.cfg.tie_word_embeddings else self.lm_head
+        return head.logits(hidden)
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Copy HF-named tensors in, fusing q/k/v and gate/up; any missing or misshapen tensor is an error."""
-        params = dict(self.named_parameters())
-        expected = self._expected_shapes()
+        """Copy HF-named tensors in (this rank's slice of sharded ones, q/k/v and gate/up fused);
+        any missing or misshapen tensor is an error."""
+        loaders = self._weight_loaders()
         seen: set[str] = set()
         for name, tensor in weights:
-            if name not in expected:
+            if name not in loaders:
                 continue  # e.g. rotary inv_freq buffers, or lm_head.weight of a tied model
-            target, offset, shape = expected[name]
+            shape, load = loaders[name]
             if tuple(tensor.shape) != shape:
                 raise ModelLoadError(
                     f"tensor {name} has shape {tuple(tensor.shape)}, expected {shape} from config.json"
                 )
             with torch.no_grad():
-                params[target][offset : offset + shape[0]].copy_(tensor)
+                load(tensor)
             seen.add(name)
-        missing = sorted(set(expected) - seen)
+        missing = sorted(set(loaders) - seen)
         if missing:
             more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
             raise ModelLoadError(f"checkpoint is missing weights: {', '.join(missing[:3])}{more}")
 
-    def _expected_shapes(self) -> dict[str, tuple[str, int, tuple[int, ...]]]:
-        """HF tensor name -> (our parameter, first row inside it, expected shape)."""
-        cfg = self.cfg
-        rows = {"q_proj": cfg.num_heads * cfg.head_dim, "k_proj": cfg.num_kv_heads * cfg.head_dim,
-                "v_proj": cfg.num_kv_heads * cfg.head_dim, "gate_proj": cfg.intermediate_size,
-                "up_proj": cfg.intermediate_size}
-        expected: dict[str, tuple[str, int, tuple[int, ...]]] = {}
-        for pname, p in self.named_parameters():
-            module, leaf = pname.rsplit(".", 1)
-            parent, _, last = module.rpartition(".")
-            if last not in self.FUSED:
-                expected[pname] = (pname, 0, tuple(p.shape))
+    def _weight_loaders(self) -> dict[str, tuple[tuple[int, ...], Callable[[torch.Tensor], None]]]:
+        """HF tensor name -> (its full checkpoint shape, a function copying this rank's part of it in)."""
+        loaders: dict[str, tuple[tuple[int, ...], Callable[[torch.Tensor], None]]] = {}
+        sharded: set[str] = set()
+        for mname, module in self.named_modules():
+            if not isinstance(module, ShardedLayer):
                 continue
-            offset = 0
-            for hf in self.FUSED[last]:
-                expected[f"{parent}.{hf}.{leaf}"] = (pname, offset, (rows[hf], p.shape[1]))
-                offset += rows[hf]
-        return expected
+            parent, _, last = mname.rpartition(".")
+            hf_names = [f"{parent}.{hf}.weight" for hf in self.FUSED[last]] if last in self.FUSED else [f"{mname}.weight"]
+            for part, name in enumerate(hf_names):
+                loaders[name] = (module.full_shapes[part], partial(module.load_shard, part=part))
+            sharded.add(f"{mname}.weight")
+        for pname, p in self.named_parameters():
+            if pname not in sharded:
+                loaders[pname] = (tuple(p.shape), p.copy_)
+        return loaders

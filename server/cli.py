@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import Any, NoReturn
 
-from engine.errors import ModelLoadError
+from engine.errors import ModelLoadError, TensorParallelError
 from server.schemas import DEFAULT_MAX_REQUEST_BODY_BYTES
 
 logger = logging.getLogger("exaone-serve")
@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--kv-cache-memory", type=_byte_size, help="KV-cache size in bytes (4GiB, 512MiB)")
     common.add_argument("--gpu-memory-utilization", type=_fraction,
                         help="share of GPU memory the engine may use when --kv-cache-memory is not set")
+    common.add_argument("--tensor-parallel-size", "-tp", type=_positive_int,
+                        help="split each layer over N ranks, one process per device (default 1)")
     common.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="debug also shows tracebacks and ignored request fields")
 
@@ -131,7 +133,7 @@ def _device(name: str) -> str:
 
 def _engine_args(args: argparse.Namespace) -> dict[str, Any]:
     names = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_memory",
-             "gpu_memory_utilization")
+             "gpu_memory_utilization", "tensor_parallel_size")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -162,10 +164,17 @@ def serve_command(args: argparse.Namespace) -> None:
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
     failure: list[BaseException] = []
 
+    def worker_failed(message: str) -> None:
+        # A dead tensor-parallel worker ends the server with an error instead of a server that cannot step.
+        failure.append(TensorParallelError(message))
+        server.should_exit = True
+
     def load_and_run() -> None:
         # The thread that loads the model also runs its steps: torch work on one thread only.
         try:
             engine = LLMEngine(args.model, device, args.dtype, EngineConfig(**_engine_args(args)))
+            if engine.executor is not None:
+                engine.executor.on_failure = worker_failed
             async_engine = AsyncEngine(engine, args.max_queued_requests, start=False)
             attach_engine(app, async_engine)
             logger.info("model loaded; serving %s on http://%s:%d/v1", names[0], args.host, args.port)
@@ -182,6 +191,7 @@ def serve_command(args: argparse.Namespace) -> None:
         engine = app.state.server.engine
         if engine is not None:
             engine.shutdown()
+            engine.engine.shutdown()
     if failure:
         raise failure[0]
 
@@ -206,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
-    except (ModelLoadError, ValueError) as e:
+    except (ModelLoadError, TensorParallelError, ValueError) as e:
         if args.log_level == "debug":
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -46,6 +46,23 @@ class EngineStatsCollector(Collector):
         yield blocks
         yield CounterMetricFamily("exaone:num_preemptions", "Sequences preempted (recomputed later).",
                                   value=stats["num_preemptions"])
+        yield from _vllm_gauges(stats)
+
+
+def _vllm_gauges(stats: dict[str, Any]) -> Iterator[Metric]:
+    """The gauges vLLM-aware routers read, under vLLM's names (Gateway API Inference Extension's endpoint
+    picker and llm-d by default: waiting, running, KV usage, cache config)."""
+    yield GaugeMetricFamily("vllm:num_requests_running", "Requests in the running batch.", value=stats["running"])
+    yield GaugeMetricFamily("vllm:num_requests_waiting", "Requests waiting to be scheduled.", value=stats["waiting"])
+    # The fuller pool is the one that stops admission, so a router should see that one.
+    usage = max((stats["kv_blocks_used"].get(kind, 0) / total
+                 for kind, total in stats["kv_blocks_total"].items() if total), default=0.0)
+    for name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"):  # the current name and the older one
+        yield GaugeMetricFamily(name, "KV-cache usage of the fullest pool (1 means 100 percent).", value=usage)
+    info = GaugeMetricFamily("vllm:cache_config_info", "KV-cache configuration (value 1).",
+                             labels=["block_size", "num_gpu_blocks"])
+    info.add_metric([str(stats["block_size"]), str(sum(stats["kv_blocks_total"].values()))], 1.0)
+    yield info
 
 
 class ServerMetrics:

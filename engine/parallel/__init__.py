@@ -1,0 +1,1 @@
+"""Tensor parallelism: sharded layers, the process group, the step channel, and worker processes."""

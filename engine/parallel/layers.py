@@ -1,0 +1,105 @@
+"""Tensor-parallel layers (Megatron style): each rank holds a slice of a weight and loads only it.
+
+Column-parallel layers split output rows and need no communication; row-parallel layers split
+input columns and all-reduce their partial sums; the vocabulary is split by rows for both the
+embedding and the LM head. At size 1 each layer is one plain F.linear / F.embedding.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.parallel.state import all_reduce, gather_last_dim, tp_rank, tp_size
+
+
+class ShardedLayer(nn.Module, ABC):
+    """A layer whose `weight` is this rank's slice of one or more full checkpoint tensors (parts)."""
+
+    full_shapes: list[tuple[int, ...]]  # the checkpoint shape of each part
+
+    @abstractmethod
+    def load_shard(self, full: torch.Tensor, part: int = 0) -> None:
+        """Copy this rank's slice of part `part` (a full checkpoint tensor) into the weight."""
+
+
+class ColumnParallelLinear(ShardedLayer):
+    """y = x W^T with W's output rows split over ranks; parts are stacked (fused q/k/v, gate/up).
+
+    `part_shards[i]` is how many distinct slices part i is cut into: the group size normally, fewer
+    when a part is replicated (KV heads when the group is larger than the number of KV heads).
+    """
+
+    def __init__(self, input_size: int, part_sizes: Sequence[int], part_shards: Sequence[int] | None = None) -> None:
+        super().__init__()
+        size, rank = tp_size(), tp_rank()
+        shards = list(part_shards) if part_shards is not None else [size] * len(part_sizes)
+        self.full_shapes = [(rows, input_size) for rows in part_sizes]
+        # (first row in the full part, rows) of this rank's slice of each part
+        self.slices: list[tuple[int, int]] = []
+        for rows, n in zip(part_sizes, shards, strict=True):
+            length = rows // n
+            self.slices.append((rank * n // size * length, length))
+        self.weight = nn.Parameter(torch.empty(sum(n for _, n in self.slices), input_size), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+    def load_shard(self, full: torch.Tensor, part: int = 0) -> None:
+        start, length = self.slices[part]
+        offset = sum(n for _, n in self.slices[:part])
+        self.weight[offset : offset + length].copy_(full[start : start + length])
+
+
+class RowParallelLinear(ShardedLayer):
+    """y = x W^T with W's input columns split over ranks: each rank's partial product is all-reduced."""
+
+    def __init__(self, input_size: int, output_size: int) -> None:
+        super().__init__()
+        self.full_shapes = [(output_size, input_size)]
+        self.width = input_size // tp_size()
+        self.weight = nn.Parameter(torch.empty(output_size, self.width), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return all_reduce(F.linear(x, self.weight))
+
+    def load_shard(self, full: torch.Tensor, part: int = 0) -> None:
+        start = tp_rank() * self.width
+        self.weight.copy_(full[:, start : start + self.width])
+
+
+class VocabParallelEmbedding(ShardedLayer):
+    """Token embeddings with the vocabulary split over ranks; ids outside a rank's rows give zeros there."""
+
+    def __init__(self, vocab_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.full_shapes = [(vocab_size, hidden_size)]
+        self.rows = vocab_size // tp_size()
+        self.start = tp_rank() * self.rows
+        self.weight = nn.Parameter(torch.empty(self.rows, hidden_size), requires_grad=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if tp_size() == 1:
+            return F.embedding(input_ids, self.weight)
+        outside = (input_ids < self.start) | (input_ids >= self.start + self.rows)
+        h = F.embedding((input_ids - self.start).masked_fill(outside, 0), self.weight)
+        return all_reduce(h.masked_fill_(outside[:, None], 0.0))
+
+    def load_shard(self, full: torch.Tensor, part: int = 0) -> None:
+        self.weight.copy_(full[self.start : self.start + self.rows])
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """hidden @ weight^T over the whole vocabulary, in fp32, on rank 0 (None on the others)."""
+        logits = gather_last_dim(F.linear(hidden, self.weight))
+        return None if logits is None else logits.float()
+
+
+class ParallelLMHead(VocabParallelEmbedding):
+    """The untied output projection: vocabulary rows split like the embedding's, logits gathered on rank 0."""
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        return self.logits(hidden)

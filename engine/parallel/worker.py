@@ -1,0 +1,119 @@
+"""A tensor-parallel worker process (ranks 1..N-1): load this rank's shards, then run steps in lockstep."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from engine.attention import AttentionBackend
+from engine.config import ModelConfig
+from engine.kv_cache import KVCacheManager, PoolSpec
+from engine.model import HybridTransformer
+from engine.model_runner import ModelRunner
+from engine.parallel.channel import Op, StepChannel
+from engine.parallel.state import cpu_group, destroy_tensor_parallel, init_tensor_parallel
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+@dataclass
+class WorkerSpec:
+    """What a worker needs to build the same model as rank 0 (sent once, at spawn)."""
+
+    model_path: Path
+    model_config: ModelConfig
+    backend: type[AttentionBackend]
+    dtype: torch.dtype
+    device: str  # this rank's device: "cpu" or "cuda:N"
+    max_model_len: int
+    pools: dict[str, PoolSpec]
+    block_size: int
+    max_num_batched_tokens: int
+    num_threads: int
+    log_level: int
+
+
+def worker_main(rank: int, world_size: int, init_method: str, parent_pid: int, spec: WorkerSpec) -> None:
+    """Entry point of a spawned worker; returns when rank 0 says shut down, exits 1 on any error."""
+    _die_with_parent(parent_pid)
+    # Ctrl-C reaches the whole process group; rank 0 decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=spec.log_level, format=f"%(levelname)s rank {rank} %(name)s: %(message)s")
+    torch.set_num_threads(spec.num_threads)
+    device = torch.device(spec.device)
+    try:
+        init_tensor_parallel(rank, world_size, init_method, device)
+        model = HybridTransformer.from_checkpoint(spec.model_path, spec.model_config, spec.backend(), spec.dtype,
+                                                  device, spec.max_model_len)
+        channel = StepChannel(list(spec.pools))
+        kv = KVCacheManager(spec.pools, exchange_num_blocks(channel.kinds), spec.block_size,
+                            spec.max_num_batched_tokens)
+        runner = ModelRunner(model, kv, spec.dtype, device)
+        log_rank_memory(rank, world_size, device, model, runner)
+        dist.barrier(group=cpu_group())  # tells rank 0 this rank is ready
+        serve(channel, runner)
+    except BaseException:
+        logger.exception("tensor-parallel worker %d failed", rank)
+        sys.stderr.flush()
+        os._exit(1)
+    destroy_tensor_parallel()
+
+
+def serve(channel: StepChannel, runner: ModelRunner) -> None:
+    """Run every message rank 0 sends until it sends SHUTDOWN."""
+    while True:
+        op, payload = channel.recv()
+        if op == Op.SHUTDOWN:
+            return
+        if op == Op.COPY_BLOCKS:
+            runner.copy_blocks(payload)
+        else:
+            runner.run(payload)
+
+
+def exchange_num_blocks(kinds: list[str], num_blocks: dict[str, int] | None = None) -> dict[str, int]:
+    """Rank 0 passes its KV pool sizes (from its budget); every rank gets the same ones back."""
+    sizes = torch.tensor([num_blocks[k] for k in kinds] if num_blocks else [0] * len(kinds), dtype=torch.int64)
+    dist.broadcast(sizes, 0, group=cpu_group())
+    return dict(zip(kinds, sizes.tolist(), strict=True))
+
+
+def log_rank_memory(rank: int, world_size: int, device: torch.device, model: HybridTransformer,
+                    runner: ModelRunner) -> None:
+    """One start-up line per rank: its device, its weights, its KV cache, and free device memory."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    cache = sum(c.numel() * c.element_size() for c in runner.caches.values())
+    free = ""
+    if device.type == "cuda":
+        free_bytes, total = torch.cuda.mem_get_info(device)
+        free = f", {free_bytes / 2**30:.1f} of {total / 2**30:.1f} GiB free"
+    logger.info("rank %d/%d on %s: weights %.1f MiB, KV cache %.1f MiB (%s)%s", rank, world_size, device,
+                weights / 2**20, cache / 2**20, ", ".join(f"{k} {p.num_blocks} blocks" for k, p in runner.kv.pools.items()),
+                free)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this process when rank 0 dies, even by SIGKILL: PR_SET_PDEATHSIG on Linux, else a ppid watch."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (AttributeError, OSError):
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if os.getppid() != parent_pid:  # rank 0 died before the signal was armed
+        os._exit(1)

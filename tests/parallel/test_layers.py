@@ -1,0 +1,87 @@
+"""Each tensor-parallel layer on 2 gloo ranks against its unsharded twin (fp32)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from ranks import run_on_two_ranks
+
+from engine.parallel.layers import (
+    ColumnParallelLinear,
+    ParallelLMHead,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+)
+
+HIDDEN = 32
+
+
+def _gather(x: torch.Tensor) -> torch.Tensor:
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=-1)
+
+
+def _err(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
+
+
+def layer_errors(rank: int) -> dict[str, float]:
+    """Max abs difference to the unsharded computation, per layer; every rank builds the same full weights."""
+    torch.manual_seed(0)
+    x = torch.randn(5, HIDDEN)
+    errors = {}
+
+    gate, up = torch.randn(24, HIDDEN), torch.randn(24, HIDDEN)
+    fused = ColumnParallelLinear(HIDDEN, [24, 24])
+    fused.load_shard(gate, 0)
+    fused.load_shard(up, 1)
+    assert fused.weight.shape == (24, HIDDEN)  # half of each part
+    local_gate, local_up = fused(x).chunk(2, dim=-1)
+    errors["column_fused"] = max(_err(_gather(local_gate), x @ gate.T), _err(_gather(local_up), x @ up.T))
+
+    # q split over the 2 ranks; a single KV head (8 rows) replicated on both, as with 1 KV head and TP 2
+    q, k, v = torch.randn(16, HIDDEN), torch.randn(8, HIDDEN), torch.randn(8, HIDDEN)
+    qkv = ColumnParallelLinear(HIDDEN, [16, 8, 8], [2, 1, 1])
+    for part, w in enumerate((q, k, v)):
+        qkv.load_shard(w, part)
+    local_q, local_k, local_v = qkv(x).split([8, 8, 8], dim=-1)
+    errors["column_replicated_kv"] = max(_err(_gather(local_q), x @ q.T), _err(local_k, x @ k.T),
+                                         _err(local_v, x @ v.T))
+
+    w = torch.randn(12, HIDDEN)
+    row = RowParallelLinear(HIDDEN, 12)
+    row.load_shard(w)
+    half = HIDDEN // 2
+    errors["row"] = _err(row(x[:, rank * half : (rank + 1) * half]), x @ w.T)
+
+    table = torch.randn(10, HIDDEN)
+    embed = VocabParallelEmbedding(10, HIDDEN)
+    embed.load_shard(table)
+    ids = torch.tensor([0, 9, 4, 5, 3, 7, 4])  # rows of both shards, and a repeat
+    errors["vocab_embedding"] = _err(embed(ids), F.embedding(ids, table))
+
+    head = ParallelLMHead(10, HIDDEN)
+    head.load_shard(table)
+    logits = head(x)
+    if rank == 0:
+        errors["lm_head"] = _err(logits, x @ table.T)
+        assert logits.dtype == torch.float32
+    else:
+        assert logits is None  # logits are gathered on rank 0 only
+    for name, error in errors.items():
+        assert error < 1e-5, (rank, name, error)
+    return errors
+
+
+@pytest.fixture(scope="module")
+def errors() -> dict[str, float]:
+    return run_on_two_ranks(layer_errors)
+
+
+@pytest.mark.parametrize("layer", ["column_fused", "column_replicated_kv", "row", "vocab_embedding", "lm_head"])
+def test_sharded_layer_matches_unsharded_twin(errors, layer):
+    assert errors[layer] < 1e-5
