@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -59,6 +60,19 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> float:
         assert time.monotonic() - start < timeout, f"condition not met within {timeout} s"
         time.sleep(interval)
     return time.monotonic() - start
+
+
+def wait_until_healthy(proc: subprocess.Popen, base_url: str, timeout: float = 120) -> None:
+    """Poll a server process's /health until 200; fails with its output if it exits first."""
+
+    def healthy() -> bool:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else proc.returncode
+        try:
+            return httpx2.get(f"{base_url}/health").status_code == 200
+        except httpx2.TransportError:
+            return False
+
+    wait_for(healthy, timeout=timeout, interval=0.2)
 
 
 def metrics(base_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

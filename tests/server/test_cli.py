@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
-from harness import assert_openai_error, free_port, metric, wait_for
+from harness import assert_openai_error, free_port, metric, wait_for, wait_until_healthy
 
 from clients.chat import ChatSession
 
@@ -35,15 +35,8 @@ def base_url(tiny_models):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
 
-    def healthy() -> bool:
-        assert proc.poll() is None, proc.stdout.read()
-        try:
-            return httpx2.get(f"{url}/health").status_code == 200
-        except httpx2.TransportError:
-            return False
-
     try:
-        wait_for(healthy, timeout=120, interval=0.2)
+        wait_until_healthy(proc, url)
         yield url
     finally:
         proc.send_signal(signal.SIGINT)
