@@ -186,4 +186,8 @@ class AsyncEngine:
         target = self._streams.get(request_id)
         if target is not None:
             loop, q = target
-            loop.call_soon_threadsafe(q.put_nowait, item)
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, item)
+            except RuntimeError:  # its event loop is closed (a server stopped mid-request): nobody reads it
+                self._streams.pop(request_id, None)
+                self.engine.abort(request_id)

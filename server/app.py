@@ -27,6 +27,7 @@ from server.schemas import (
 from server.serving import ServerState
 from server.serving_chat import create_chat_completion
 from server.serving_completion import create_completion
+from server.serving_responses import create_response, not_stored
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,19 @@ def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api
     async def completions(request: Request) -> Response:
         """OpenAI (legacy) completions."""
         return await create_completion(state, request)
+
+    @api.post("/v1/responses")
+    async def responses(request: Request) -> Response:
+        """OpenAI Responses API (stateless: nothing is stored)."""
+        return await create_response(state, request)
+
+    @api.get("/v1/responses/{response_id}")
+    @api.delete("/v1/responses/{response_id}")
+    @api.post("/v1/responses/{response_id}/cancel")
+    @api.get("/v1/responses/{response_id}/input_items")
+    async def stored_response(response_id: str) -> Response:
+        """404: responses are never stored, so none can be read, deleted or cancelled."""
+        raise not_stored(response_id)
 
     @api.post("/tokenize")
     async def tokenize(request: Request) -> Response:
