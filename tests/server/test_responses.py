@@ -20,12 +20,14 @@ TOOLS = [{"type": "function", "name": "get_weather", "description": "Current wea
 CHAT_TOOLS = [{"type": "function", "function": {k: v for k, v in TOOLS[0].items() if k != "type"}}]
 EXAONE = "exaone"
 THINKING_CAP = 4  # the thinking app's --max-thinking-tokens: "high" effort still ends its thinking
+SMALL_KV = 64 << 20  # bytes: the tiny model needs a few MB; the 1GiB default adds up over the suite
 
 
 @pytest.fixture(scope="module")
 def thinking_client(tmp_path_factory):
     """A tiny random EXAONE 4.0 (thinking template) whose server caps thinking, so answers follow."""
-    engine = make_engine(str(make_exaone_model(tmp_path_factory.mktemp("exaone"))), max_model_len=512)
+    engine = make_engine(str(make_exaone_model(tmp_path_factory.mktemp("exaone"))), max_model_len=512,
+                         kv_cache_memory=SMALL_KV)
     try:
         with live_server(create_app(engine, served_model_names=[EXAONE], max_thinking_tokens=THINKING_CAP)) as url:
             yield OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)

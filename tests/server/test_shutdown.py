@@ -30,7 +30,7 @@ def serve(model: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str]]:
     port = free_port()
     proc = subprocess.Popen(
         [EXAONE_SERVE, "serve", "--model", str(model), "--served-model-name", MODEL, "--port", str(port),
-         "--max-model-len", "4096", "--log-level", "info", *flags],
+         "--max-model-len", "4096", "--kv-cache-memory", "64MiB", "--log-level", "info", *flags],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
 
@@ -148,7 +148,7 @@ def test_second_signal_ends_the_drain_at_once(tiny_models):
 
 
 def test_engine_death_ends_streams_with_an_error_and_stops_the_server(tiny_models):
-    engine = make_engine(str(tiny_models["llama"]), max_model_len=4096)
+    engine = make_engine(str(tiny_models["llama"]), max_model_len=4096, kv_cache_memory=64 << 20)
     step, steps = engine.engine.step, []
 
     def crash_after_ten() -> list:
