@@ -12,7 +12,7 @@ from typing import Any
 
 from engine.errors import RequestRejected
 from engine.llm_engine import LLMEngine
-from engine.outputs import RequestOutput
+from engine.outputs import CompletionOutput, RequestOutput
 from engine.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 class EngineOverloaded(Exception):
     """The waiting queue is full; the caller should retry later."""
+
+
+class EngineDraining(EngineOverloaded):
+    """The server is shutting down and admits no new request; the client should retry elsewhere."""
 
 
 class EngineDead(Exception):
@@ -47,6 +51,8 @@ class AsyncEngine:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._stopped = False
+        self.draining = False
+        self._cut: set[str] = set()  # requests ended by cut(), filled only at shutdown
         self.error: BaseException | None = None
         self._stats: dict[str, Any] = engine.stats()
         self._thread: threading.Thread | None = None
@@ -63,6 +69,8 @@ class AsyncEngine:
         Returns its stream of deltas; leaving the stream early aborts the request."""
         if self.error is not None:
             raise EngineDead(f"engine stopped after an error: {self.error}")
+        if self.draining:
+            raise EngineDraining("the server is shutting down")
         request_id = request_id or f"req-{next(self._ids)}"
         prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
         self.engine.validate(prompt_ids, params)
@@ -98,9 +106,22 @@ class AsyncEngine:
         self._inbox.put(("abort", request_id))
         self._wake.set()
 
+    def drain(self) -> None:
+        """Admit no new request (submit raises EngineDraining); the ones in flight go on."""
+        self.draining = True
+
+    def cut(self) -> None:
+        """End every request now: each stream gets a last output with finish_reason "abort"."""
+        self._inbox.put(("cut", None))
+        self._wake.set()
+
+    def was_cut(self, request_id: str) -> bool:
+        """True when cut() ended this request before it finished."""
+        return request_id in self._cut
+
     def stats(self) -> dict[str, Any]:
-        """The engine's counters as of the last step."""
-        return dict(self._stats)
+        """The engine's counters as of the last step, and whether it is draining."""
+        return {**self._stats, "draining": self.draining}
 
     def shutdown(self) -> None:
         """Stop the loop (and join its thread when this engine started one)."""
@@ -140,6 +161,9 @@ class AsyncEngine:
             if kind == "abort":
                 self.engine.abort(payload)
                 continue
+            if kind == "cut":
+                self._cut_all()
+                continue
             request_id, prompt_ids, params = payload
             with self._lock:
                 self._pending -= 1
@@ -150,8 +174,20 @@ class AsyncEngine:
             except RequestRejected as e:
                 self._send(request_id, e)
 
+    def _cut_all(self) -> None:
+        for request_id, seqs in list(self.engine.requests.items()):
+            ended = [CompletionOutput(s.index, "", [], None, "abort") for s in seqs if not s.is_finished]
+            prompt_ids = self.engine.prompts[request_id]
+            self.engine.abort(request_id)
+            self._cut.add(request_id)
+            self._send(request_id, RequestOutput(request_id, prompt_ids, ended, finished=True))
+
     def _send(self, request_id: str, item: RequestOutput | BaseException) -> None:
         target = self._streams.get(request_id)
         if target is not None:
             loop, q = target
-            loop.call_soon_threadsafe(q.put_nowait, item)
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, item)
+            except RuntimeError:  # its event loop is closed (a server stopped mid-request): nobody reads it
+                self._streams.pop(request_id, None)
+                self.engine.abort(request_id)

@@ -27,6 +27,7 @@ from server.schemas import (
 from server.serving import ServerState
 from server.serving_chat import create_chat_completion
 from server.serving_completion import create_completion
+from server.serving_responses import create_response, not_stored
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +62,17 @@ def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api
             raise APIError(401, "missing or invalid API key; send `Authorization: Bearer <key>`",
                            code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
+    async def admitting() -> None:
+        # After SIGTERM (server/shutdown.py) the replica finishes what it has and takes nothing new.
+        if state.engine is not None and state.engine.draining:
+            raise APIError(503, "the server is shutting down (draining its requests); send requests elsewhere",
+                           type="server_error", code="draining", headers={"Retry-After": "1"})
+
     @app.get("/health")
     async def health() -> Response:
-        """200 once the model is loaded and the engine runs; 503 while loading, 500 if the engine died."""
+        """200 once the model is loaded and the engine runs; 503 while loading or draining, 500 if the engine died."""
         state.ready_engine()
+        await admitting()
         return Response(status_code=200)
 
     @app.get("/metrics")
@@ -72,7 +80,7 @@ def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api
         """Prometheus exposition (open, like /health)."""
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    api = APIRouter(dependencies=[Depends(authorize)])
+    api = APIRouter(dependencies=[Depends(admitting), Depends(authorize)])
 
     @api.get("/v1/models")
     async def models() -> Response:
@@ -91,6 +99,19 @@ def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api
     async def completions(request: Request) -> Response:
         """OpenAI (legacy) completions."""
         return await create_completion(state, request)
+
+    @api.post("/v1/responses")
+    async def responses(request: Request) -> Response:
+        """OpenAI Responses API (stateless: nothing is stored)."""
+        return await create_response(state, request)
+
+    @api.get("/v1/responses/{response_id}")
+    @api.delete("/v1/responses/{response_id}")
+    @api.post("/v1/responses/{response_id}/cancel")
+    @api.get("/v1/responses/{response_id}/input_items")
+    async def stored_response(response_id: str) -> Response:
+        """404: responses are never stored, so none can be read, deleted or cancelled."""
+        raise not_stored(response_id)
 
     @api.post("/tokenize")
     async def tokenize(request: Request) -> Response:

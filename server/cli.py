@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import threading
 from typing import Any, NoReturn
@@ -42,6 +43,13 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also rejects nan
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
     return value
 
 
@@ -109,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cap on every request's thinking tokens (its budget, or the budget when none is asked)")
     serve.add_argument("--max-request-body-bytes", type=_byte_size, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
                        help="larger bodies get 413 (default 4MiB)")
+    serve.add_argument("--shutdown-timeout", type=_non_negative_float, default=30.0,
+                       help="seconds SIGTERM/SIGINT lets running requests finish before ending them "
+                            "(default 30; 0 ends them at once); a second signal exits at once")
     serve.set_defaults(func=serve_command)
 
     gen = sub.add_parser("generate", parents=[common], help="print the completion of one prompt")
@@ -147,13 +158,17 @@ def served_name(model: str | None) -> str:
 
 
 def serve_command(args: argparse.Namespace) -> None:
-    """Start uvicorn at once (/health says 503) and load the model on a background thread."""
+    """Start uvicorn at once (/health says 503) and load the model on a background thread.
+
+    SIGTERM/SIGINT drain (server/shutdown.py), then the engine stops: exit 0 after SIGTERM, 130 after SIGINT.
+    """
     import uvicorn
 
     from engine.async_engine import AsyncEngine
     from engine.config import EngineConfig
     from engine.llm_engine import LLMEngine
     from server.app import attach_engine, create_app
+    from server.shutdown import DrainingServer
 
     device = _device(args.device)
     names = args.served_model_name or [served_name(args.model)]
@@ -161,7 +176,9 @@ def serve_command(args: argparse.Namespace) -> None:
                      max_request_body_bytes=args.max_request_body_bytes,
                      default_chat_template_kwargs=args.default_chat_template_kwargs,
                      max_thinking_tokens=args.max_thinking_tokens)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
+    state = app.state.server
+    server = DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level),
+                            state, args.shutdown_timeout)
     failure: list[BaseException] = []
 
     def worker_failed(message: str) -> None:
@@ -184,16 +201,22 @@ def serve_command(args: argparse.Namespace) -> None:
             return
         async_engine.run_loop()
 
-    threading.Thread(target=load_and_run, name="exaone-engine", daemon=True).start()
+    engine_thread = threading.Thread(target=load_and_run, name="exaone-engine", daemon=True)
+    engine_thread.start()
     try:
-        server.run()  # on Ctrl-C uvicorn drains, then re-raises the signal (KeyboardInterrupt: exit 130)
+        server.run()
     finally:
-        engine = app.state.server.engine
-        if engine is not None:
-            engine.shutdown()
-            engine.engine.shutdown()
+        if state.engine is not None:
+            state.engine.shutdown()
+            # drained, the loop is idle and returns at once; a forced exit does not wait for a long step
+            engine_thread.join(timeout=0.5 if server.force_exit else 10)
+            state.engine.engine.shutdown()  # tensor-parallel workers, if any
     if failure:
         raise failure[0]
+    if server.engine_died:
+        raise SystemExit(f"error: the engine stopped after an error: {state.engine.error}")
+    if server.exit_signal == signal.SIGINT:
+        raise KeyboardInterrupt  # main() exits 130, as a shell does after Ctrl-C
 
 
 def generate_command(args: argparse.Namespace) -> None:

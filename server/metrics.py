@@ -44,6 +44,8 @@ class EngineStatsCollector(Collector):
             blocks.add_metric([kind], used)
         yield usage
         yield blocks
+        yield GaugeMetricFamily("exaone:server_draining", "1 while the server drains after SIGTERM/SIGINT, else 0.",
+                                value=int(stats.get("draining", False)))
         yield CounterMetricFamily("exaone:num_preemptions", "Sequences preempted (recomputed later).",
                                   value=stats["num_preemptions"])
         yield from _vllm_gauges(stats)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -39,7 +40,9 @@ class EngineEventStream(EventSourceResponse):
     """An SSE response that closes (aborts) its engine requests however the stream ends."""
 
     def __init__(self, content: AsyncIterator[bytes], group: RequestGroup) -> None:
-        super().__init__(content)
+        # sse-starlette cancels open streams when uvicorn starts to exit; ours always end on their own (the
+        # drain in server/shutdown.py cuts them with a last chunk), so it waits for them instead.
+        super().__init__(content, shutdown_grace_period=math.inf)
         self._group = group
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -61,4 +64,8 @@ async def respond(request: Request, group: RequestGroup, stream: bool,
         group.close()
     if result is None:
         return Response(status_code=CLIENT_CLOSED)
+    if any(r.engine.was_cut(r.request_id) for r in group.requests):
+        # still running at the shutdown deadline: streams end with finish_reason "abort", bodies with this
+        raise APIError(503, "the server shut down before this request finished; retry it", type="server_error",
+                       code="shutdown", headers={"Retry-After": "1"})
     return Response(encode(result), media_type="application/json")

@@ -62,7 +62,7 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.02) -> float:
     return time.monotonic() - start
 
 
-def wait_healthy(proc: subprocess.Popen, base_url: str, timeout: float) -> None:
+def wait_healthy(proc: subprocess.Popen, base_url: str, timeout: float = 120) -> None:
     """Wait until a server started as `proc` answers /health with 200; fails at once if it exits."""
 
     def healthy() -> bool:
