@@ -16,13 +16,12 @@ def arrival_times(rate: float, duration: float, process: str = "poisson", bursti
         raise ValueError(f"the request rate must be positive, got {rate}")
     n = int(rate * duration * 2) + 16
     if process == "constant":
-        gaps = np.full(n, 1.0 / rate)
-    elif process in ("poisson", "gamma"):
-        shape = 1.0 if process == "poisson" else burstiness
-        if shape <= 0:
-            raise ValueError(f"burstiness must be positive, got {burstiness}")
-        gaps = np.random.default_rng(seed).gamma(shape, 1.0 / (rate * shape), size=n)
-    else:
+        return [i / rate for i in range(n) if i / rate < duration]
+    if process not in PROCESSES:
         raise ValueError(f"unknown arrival process {process!r}; known: {', '.join(PROCESSES)}")
+    shape = 1.0 if process == "poisson" else burstiness
+    if shape <= 0:
+        raise ValueError(f"burstiness must be positive, got {burstiness}")
+    gaps = np.random.default_rng(seed).gamma(shape, 1.0 / (rate * shape), size=n)
     times = np.concatenate([[0.0], np.cumsum(gaps)[:-1]])
     return [float(t) for t in times if t < duration]

@@ -117,7 +117,8 @@ def run_load(cfg: LoadConfig, out_dir: Path, ours: bool, progress: bool = True) 
     if progress:
         helpers.append(gevent.spawn(_progress, env, cfg, started))
     if workers:
-        runner.send_message("start_at", clock() + 1.0)  # one clock for every worker's share of the schedule
+        # one clock for every worker's share of the schedule, and each worker's place in locust's user order
+        runner.send_message("start_at", {"start": clock() + 1.0, "order": sorted(runner.clients)})
     runner.start_shape()
     gevent.sleep(0.5)
     while runner.state != STATE_STOPPED:

@@ -64,6 +64,8 @@ class LoadContext:
 
     cfg: LoadConfig
     start: float = 0.0
+    # this process's place among the workers in the order locust hands them users (by client id)
+    position: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
     client_samples: list[list[float]] = field(default_factory=list)
     environment: Any = None
@@ -95,11 +97,6 @@ class LoadContext:
             gevent.sleep(1.0)
             lag = time.perf_counter() - before - 1.0
             self.client_samples.append([clock(), process.cpu_percent() / 100.0, lag])
-
-    @property
-    def worker_index(self) -> int:
-        """This process's share of the users or arrivals (the master assigns it when the worker connects)."""
-        return self.environment.runner.worker_index
 
     @property
     def end(self) -> float:
@@ -182,7 +179,7 @@ def user_classes(ctx: LoadContext) -> list[type[User]]:
             ctx.begin()
             self.session = requests.Session()
             # user u's k-th conversation is the same on every target: conversation number k * users + u
-            self.user_id = ctx.worker_index + cfg.processes * next(numbers)
+            self.user_id = ctx.position + cfg.processes * next(numbers)
             self.count = itertools.count()
 
         @task
@@ -206,7 +203,7 @@ def user_classes(ctx: LoadContext) -> list[type[User]]:
             sessions: list[requests.Session] = []
             times = arrival_times(cfg.rate, cfg.duration, cfg.arrival, cfg.burstiness, cfg.seed)
             for i, t in enumerate(times):
-                if i % cfg.processes != ctx.worker_index:
+                if i % cfg.processes != ctx.position:
                     continue
                 gevent.sleep(max(0.0, ctx.start + t - clock()))
                 session = sessions.pop() if sessions else requests.Session()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from locust.env import Environment
 from locust.log import setup_logging
@@ -23,7 +24,12 @@ def main() -> None:
     env = Environment(user_classes=user_classes(ctx), host=ctx.cfg.base_url)
     ctx.environment = env
     runner = env.create_worker_runner(master_host="127.0.0.1", master_port=port)
-    runner.register_message("start_at", lambda msg, **_: setattr(ctx, "start", msg.data))
+
+    def start_at(msg: Any, **_: Any) -> None:
+        ctx.position = msg.data["order"].index(runner.client_id)
+        ctx.start = msg.data["start"]
+
+    runner.register_message("start_at", start_at)
     runner.greenlet.join()
     out.write_text(json.dumps({"records": ctx.records, "client_samples": ctx.client_samples}))
 
