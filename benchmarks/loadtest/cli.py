@@ -59,8 +59,10 @@ def add_bench_parser(sub: Any) -> None:
     g.add_argument("--thinking-budget", type=int, default=32, help="thinking_token_budget of `reasoning`")
     g.add_argument("--temperature", type=float, default=0.0)
     g.add_argument("--seed", type=int, default=0, help="seeds prompts, arrivals and sampling")
-    g.add_argument("--no-logprobs", dest="logprobs", action="store_false",
-                   help="do not ask for logprobs (tokens per chunk are then estimated from usage)")
+    g.add_argument("--logprobs", choices=("auto", "on", "off"), default="auto",
+                   help="ask for logprobs to count the tokens of each chunk exactly (auto: on for exaone-serve; "
+                        "llama-server rejects them with tools and computes top-20 alternatives); off: usage's "
+                        "count spread over the chunks")
     g = load.add_argument_group("load")
     g.add_argument("--users", type=int, help="closed loop: concurrent users (default 8 unless --rate)")
     g.add_argument("--rate", type=float, help="open loop: requests per second")
@@ -88,7 +90,10 @@ def add_bench_parser(sub: Any) -> None:
             p.add_argument("--target-extensions", action="append", default=[], metavar="NAME=LIST",
                            help="extensions of one target: none, or a list of " + ", ".join(EXTENSIONS))
         else:
-            p.add_argument("--base-url", required=True, help="the server, e.g. http://127.0.0.1:8000")
+            p.add_argument("--base-url", help="the server, e.g. http://127.0.0.1:8000")
+            p.add_argument("--serve", action="store_true",
+                           help="start `exaone-serve serve` on a free loopback port for the run, then stop it")
+            p.add_argument("--serve-args", default="", help='flags for that server, e.g. "--max-num-seqs 16"')
             p.add_argument("--extensions", type=_extensions, default="auto",
                            help="auto (all when /metrics shows exaone-serve, else none), none, or a list")
         if name == "sweep":
@@ -106,6 +111,8 @@ def bench_command(args: argparse.Namespace) -> None:
     gevent.monkey.patch_all()
     from benchmarks.loadtest import driver
 
+    if args.bench_command != "compare" and (args.base_url is None) == (not args.serve):
+        raise ValueError("give --base-url URL or --serve (a server started for the run), one of them")
     if args.users is not None and args.rate is not None:
         raise ValueError("give --users (closed loop) or --rate (open loop), not both")
     if args.users is None and args.rate is None and args.bench_command != "sweep":

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import signal
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -57,7 +64,8 @@ def load_config(args: argparse.Namespace, target: dict[str, Any], rate: float | 
                       users=None if (rate or args.rate) else args.users, rate=rate or args.rate,
                       arrival=args.arrival, burstiness=args.burstiness, drain=args.drain, seed=args.seed,
                       api_key=args.api_key, max_in_flight=args.max_in_flight, processes=args.processes,
-                      logprobs=args.logprobs, timeout=args.timeout)
+                      logprobs=args.logprobs == "on" or (args.logprobs == "auto" and target["ours"]),
+                      timeout=args.timeout)
 
 
 def _load_text(cfg: LoadConfig) -> dict[str, Any]:
@@ -85,8 +93,50 @@ def one_run(args: argparse.Namespace, name: str, target: dict[str, Any], out: Pa
     return summary
 
 
+@contextmanager
+def local_server(args: argparse.Namespace) -> Iterator[None]:
+    """With --serve: `exaone-serve serve` on a free loopback port until the run is over (sets args.base_url)."""
+    if not args.serve:
+        yield
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [str(Path(sys.executable).parent / "exaone-serve"), "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "warning", *shlex.split(args.serve_args)]
+    print(f"starting: {shlex.join(command)}", file=sys.stderr)
+    proc = subprocess.Popen(command)
+    args.base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 900
+        while not _healthy(args.base_url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise ValueError(f"the server did not become ready (exit status {proc.poll()})")
+            time.sleep(1.0)
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _healthy(base_url: str) -> bool:
+    try:
+        return requests.get(f"{base_url}/health", timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def run(args: argparse.Namespace) -> None:
     """`bench run`: one target, one load."""
+    with local_server(args):
+        _run(args)
+
+
+def _run(args: argparse.Namespace) -> None:
     target = probe(args.base_url, args.extensions, args.api_key)
     write_manifest(args.out, manifest(args, {"target": target}))
     summary = one_run(args, "target", target, args.out)
@@ -97,6 +147,11 @@ def run(args: argparse.Namespace) -> None:
 def sweep(args: argparse.Namespace) -> None:
     """`bench sweep`: open-loop rates doubling from --start-rate until goodput falls under the target, then
     bisection between the last good and the first bad rate; the best rate per scenario is reported."""
+    with local_server(args):
+        _sweep(args)
+
+
+def _sweep(args: argparse.Namespace) -> None:
     target = probe(args.base_url, args.extensions, args.api_key)
     write_manifest(args.out, manifest(args, {"target": target}))
     points: list[dict[str, Any]] = []
