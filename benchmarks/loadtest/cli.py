@@ -34,6 +34,16 @@ def _target(text: str) -> tuple[str, str]:
     return name, url.rstrip("/").removesuffix("/v1")
 
 
+def _mix(text: str) -> str:
+    from benchmarks.loadtest.scenarios import parse_mix
+
+    try:
+        parse_mix(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
 def _duration(text: str) -> float:
     from benchmarks.loadtest.stats import parse_duration
 
@@ -50,7 +60,7 @@ def add_bench_parser(sub: Any) -> None:
     modes = bench.add_subparsers(dest="bench_command", required=True, parser_class=type(bench))
     load = argparse.ArgumentParser(add_help=False)
     g = load.add_argument_group("requests")
-    g.add_argument("--scenario", default="mixed",
+    g.add_argument("--scenario", type=_mix, default="mixed",
                    help=f"{', '.join(SCENARIOS)}, mixed, or weights such as chat=4,tools=1 (default mixed)")
     g.add_argument("--model", help="the `model` to send (default: the first of the target's /v1/models)")
     g.add_argument("--prompt-words", type=int, default=48, help="words of a short prompt")

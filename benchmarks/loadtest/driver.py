@@ -33,7 +33,8 @@ def probe(base_url: str, extensions: str, api_key: str | None) -> dict[str, Any]
         models = requests.get(f"{base_url}/v1/models", headers=headers, timeout=10)
         models.raise_for_status()
     except requests.RequestException as e:
-        raise ValueError(f"{base_url} does not answer /v1/models: {e}") from None
+        reason = f"HTTP {e.response.status_code}" if e.response is not None else type(e).__name__
+        raise ValueError(f"{base_url} does not answer /v1/models ({reason})") from None
     info: dict[str, Any] = {"base_url": base_url, "models": [m["id"] for m in models.json()["data"]]}
     for path in ("/version", "/props"):  # vLLM, llama.cpp
         try:
@@ -145,8 +146,9 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def sweep(args: argparse.Namespace) -> None:
-    """`bench sweep`: open-loop rates doubling from --start-rate until goodput falls under the target, then
-    bisection between the last good and the first bad rate; the best rate per scenario is reported."""
+    """`bench sweep`: open-loop rates doubling from --start-rate until goodput falls under the target (or
+    halving until it holds), then bisection between the last good and the first bad rate; the best rate
+    per scenario is reported."""
     with local_server(args):
         _sweep(args)
 
@@ -162,12 +164,14 @@ def _sweep(args: argparse.Namespace) -> None:
                        "scenarios": summary["scenarios"]})
         return summary["all"].get("goodput_share", 0.0) >= args.goodput_target and summary["client"]["valid"]
 
+    # bracket: double from a good rate up to the first bad one (past saturation, higher rates would only
+    # queue), or halve from a bad start down to a good one; then bisect between the two
     good, bad, rate = None, None, args.start_rate
-    while rate <= args.max_rate:
-        if not measure(rate):
-            bad = rate  # the first rate past saturation ends the doubling: higher ones would only queue
-            break
-        good, rate = rate, rate * 2
+    while args.start_rate / 16 <= rate <= args.max_rate and (good is None or bad is None):
+        if measure(rate):
+            good, rate = rate, rate * 2
+        else:
+            bad, rate = rate, rate / 2
     for _ in range(args.bisections if good is not None and bad is not None else 0):
         mid = (good + bad) / 2
         if measure(mid):

@@ -140,12 +140,14 @@ def plot_cdfs(path: Path, records: list[dict[str, Any]]) -> Path:
         for name in sorted({r["scenario"] for r in done}):
             values = np.sort([r["metrics"][metric] for r in done if r["scenario"] == name
                               and r["metrics"][metric] is not None])
-            if values.size:
-                ax.step(values * 1000, np.arange(1, values.size + 1) / values.size, where="post", label=name)
+            if values.size:  # from (first value, 0) so that a single request still draws a step
+                ax.step(np.r_[values[0], values] * 1000, np.arange(values.size + 1) / values.size, where="post",
+                        label=name)
         ax.set(title=metric.upper(), xlabel="ms", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("share of requests")
-    axes[-1].legend(fontsize=8)
+    if done:
+        axes[-1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

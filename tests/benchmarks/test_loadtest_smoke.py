@@ -100,3 +100,14 @@ def test_compare_open_loop_marks_missing_extensions_not_asked(servers, tmp_path:
     report = (tmp_path / "report.md").read_text()
     assert "| reasoning | plain | not asked (reasoning, thinking_budget not supported) |" in report
     assert "| all | plain |" in report and "x) |" in report  # ratios to the first target
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["run", "--base-url", "http://127.0.0.1:9", "--users", "2", "--rate", "1"], "not both"),
+    (["run", "--base-url", "http://127.0.0.1:9"], "does not answer /v1/models"),
+    (["run", "--base-url", "http://127.0.0.1:9", "--scenario", "poetry"], "unknown scenario"),
+])
+def test_bad_invocations_say_one_line(args: list[str], message: str) -> None:
+    result = subprocess.run([EXAONE_SERVE, "bench", *args], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
