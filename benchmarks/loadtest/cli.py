@@ -99,6 +99,9 @@ def add_bench_parser(sub: Any) -> None:
                            help="a server to measure (repeat; the first is the baseline of the ratios)")
             p.add_argument("--target-extensions", action="append", default=[], metavar="NAME=LIST",
                            help="extensions of one target: none, or a list of " + ", ".join(EXTENSIONS))
+            p.add_argument("--target-serve", action="append", default=[], metavar="NAME=COMMAND",
+                           help="start this target with COMMAND just for its turn and stop it after "
+                                "(one server at a time on the machine); COMMAND must listen at its URL")
         else:
             p.add_argument("--base-url", help="the server, e.g. http://127.0.0.1:8000")
             p.add_argument("--serve", action="store_true",

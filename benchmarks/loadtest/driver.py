@@ -5,13 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import signal
-import socket
-import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +17,7 @@ from benchmarks.loadtest.cli import manifest, write_manifest
 from benchmarks.loadtest.report import plot_sweep, write_run
 from benchmarks.loadtest.runner import run_load
 from benchmarks.loadtest.scenarios import EXTENSIONS, ScenarioOptions, parse_mix
+from benchmarks.loadtest.servers import exaone_serve, started
 from benchmarks.loadtest.stats import LATENCIES, parse_slo
 from benchmarks.loadtest.users import LoadConfig
 
@@ -94,46 +90,17 @@ def one_run(args: argparse.Namespace, name: str, target: dict[str, Any], out: Pa
     return summary
 
 
-@contextmanager
-def local_server(args: argparse.Namespace) -> Iterator[None]:
-    """With --serve: `exaone-serve serve` on a free loopback port until the run is over (sets args.base_url)."""
+def _own_server(args: argparse.Namespace) -> AbstractContextManager[None]:
+    """With --serve, `exaone-serve serve` started for the run (args.base_url set to it)."""
     if not args.serve:
-        yield
-        return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [str(Path(sys.executable).parent / "exaone-serve"), "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--log-level", "warning", *shlex.split(args.serve_args)]
-    print(f"starting: {shlex.join(command)}", file=sys.stderr)
-    proc = subprocess.Popen(command)
-    args.base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 900
-        while not _healthy(args.base_url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise ValueError(f"the server did not become ready (exit status {proc.poll()})")
-            time.sleep(1.0)
-        yield
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _healthy(base_url: str) -> bool:
-    try:
-        return requests.get(f"{base_url}/health", timeout=5).status_code == 200
-    except requests.RequestException:
-        return False
+        return started(None, args.base_url)
+    command, args.base_url = exaone_serve(args.serve_args)
+    return started(command, args.base_url)
 
 
 def run(args: argparse.Namespace) -> None:
     """`bench run`: one target, one load."""
-    with local_server(args):
+    with _own_server(args):
         _run(args)
 
 
@@ -149,7 +116,7 @@ def sweep(args: argparse.Namespace) -> None:
     """`bench sweep`: open-loop rates doubling from --start-rate until goodput falls under the target (or
     halving until it holds), then bisection between the last good and the first bad rate; the best rate
     per scenario is reported."""
-    with local_server(args):
+    with _own_server(args):
         _sweep(args)
 
 
@@ -211,9 +178,13 @@ def _best(points: list[dict[str, Any]], name: str, share: float) -> float | None
 def compare(args: argparse.Namespace) -> None:
     """`bench compare`: the same seeded requests and arrivals to each target in turn, one table of ratios."""
     given = dict(e.split("=", 1) for e in args.target_extensions)
-    targets = {name: probe(url, given.get(name, "auto"), args.api_key) for name, url in args.target}
+    commands = {name: shlex.split(command) for name, command in (e.split("=", 1) for e in args.target_serve)}
+    targets, summaries = {}, {}
+    for name, url in args.target:
+        with started(commands.get(name), url):
+            targets[name] = probe(url, given.get(name, "auto"), args.api_key)
+            summaries[name] = one_run(args, name, targets[name], args.out / name)
     write_manifest(args.out, manifest(args, targets))
-    summaries = {name: one_run(args, name, t, args.out / name) for name, t in targets.items()}
     (args.out / "compare.json").write_text(json.dumps(summaries, indent=1))
     (args.out / "report.md").write_text(compare_markdown(args.command_line, summaries))
     print(f"{args.out / 'report.md'}", file=sys.stderr)

@@ -25,7 +25,7 @@ def client_view(data: RunData, open_loop: bool, max_lag: float) -> dict[str, Any
     """Client CPU, event-loop lag and schedule lateness; a run whose client fell behind is invalid."""
     cpu = [s[1] for s in data.client_samples]
     loop_lag = [s[2] for s in data.client_samples]
-    lateness = percentiles(r["metrics"]["schedule_lag"] for r in data.records if r["metrics"])
+    lateness = percentiles(r["sent"] - r["scheduled"] for r in data.records if r["sent"] and r["scheduled"])
     out: dict[str, Any] = {"cpu": percentiles(cpu), "loop_lag": percentiles(loop_lag), "schedule_lag": lateness,
                            "saturated": bool(cpu) and max(cpu) >= SATURATED_CPU, "valid": True, "warnings": []}
     if out["saturated"]:

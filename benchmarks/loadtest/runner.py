@@ -72,11 +72,13 @@ def _progress(env: Environment, cfg: LoadConfig, started: float) -> None:
         now = time.monotonic()
         rate = (total.total_content_length - last_tokens) / max(now - last_t, 1e-9)
         last_tokens, last_t = total.total_content_length, now
-        cpu = env.runner.current_cpu_usage
+        workers = getattr(env.runner, "clients", {})  # a master's view of its workers
+        cpu = max([env.runner.current_cpu_usage, *(w.cpu_usage for w in workers.values())])
         phase = "" if now - started < cfg.duration else " draining"
         line = (f"[{now - started:5.0f}s/{cfg.duration:.0f}s{phase}] users {env.runner.user_count:3d}  done "
                 f"{total.num_requests:5d}  failed {total.num_failures:3d}  {rate:7.1f} tok/s  "
-                f"p50 e2e {total.get_response_time_percentile(0.5) / 1000:6.2f}s  client cpu {cpu:3.0f}%")
+                f"p50 e2e {total.get_response_time_percentile(0.5) / 1000:6.2f}s  client cpu {cpu:3.0f}%"
+                + ("  SATURATED: try --processes N" if cpu >= 90 else ""))
         print(("\r" if tty else "") + line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
 

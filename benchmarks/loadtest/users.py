@@ -8,6 +8,7 @@ Both report to locust (`events.request.fire`, e2e in ms) for the live view only.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import random
@@ -102,23 +103,23 @@ class LoadContext:
     def end(self) -> float:
         return self.start + self.cfg.duration
 
-    def converse(self, session: requests.Session, index: int, rid: int, scheduled: float | None,
-                 gate: Semaphore | None = None) -> None:
-        """Conversation `index` of the run: a request, and for a tools call a second turn with the result."""
-        rng = random.Random(f"{self.cfg.seed}-{index}")
-        scenario = self.sequence[index % len(self.sequence)]
+    def converse(self, session: requests.Session, conversation: int, position: int, scheduled: float | None,
+                 gate: Semaphore | None = None) -> bool:
+        """Send a conversation (its seed: `conversation`; its scenario: entry `position` of the mix): a request,
+        and for a tools call a second turn with the result. False when the target cannot be asked it."""
+        rng = random.Random(f"{self.cfg.seed}-{conversation}")
+        scenario = self.sequence[position % len(self.sequence)]
         plan = build(scenario, rng, ScenarioOptions(**self.cfg.options), frozenset(self.cfg.extensions))
+        rid = conversation
         if plan.not_asked:
             self._keep(RequestRecord(rid, plan.scenario, status="not_asked", scheduled=scheduled,
                                      not_asked=plan.not_asked))
-            return
-        if gate is not None:
-            with gate:
-                record = self.send(session, plan.body, RequestRecord(rid, plan.scenario, scheduled=scheduled))
-        else:
+            return False
+        with gate or contextlib.nullcontext():
             record = self.send(session, plan.body, RequestRecord(rid, plan.scenario, scheduled=scheduled))
         if plan.scenario == "tools" and record.status == "ok" and record.tool_calls:
             self.send(session, tool_turn(plan.body, record.tool_calls), RequestRecord(rid, plan.scenario, turn=2))
+        return True
 
     def send(self, session: requests.Session, body: dict[str, Any], record: RequestRecord) -> RequestRecord:
         """Stream one chat completion into `record`; every outcome is kept, a killed one as cancelled."""
@@ -178,16 +179,20 @@ def user_classes(ctx: LoadContext) -> list[type[User]]:
         def on_start(self) -> None:
             ctx.begin()
             self.session = requests.Session()
-            # user u's k-th conversation is the same on every target: conversation number k * users + u
             self.user_id = ctx.position + cfg.processes * next(numbers)
             self.count = itertools.count()
 
         @task
         def converse(self) -> None:
-            if clock() >= ctx.end:
-                raise StopUser()
-            index = next(self.count) * cfg.users + self.user_id
-            ctx.converse(self.session, index, index, None)
+            # Conversation k of user u: number k * users + u, scenario k + u of the mix, so every user goes
+            # round the whole mix; one the target cannot be asked is recorded and skipped.
+            for _ in ctx.sequence:
+                if clock() >= ctx.end:
+                    break
+                k = next(self.count)
+                if ctx.converse(self.session, k * cfg.users + self.user_id, k + self.user_id, None):
+                    return
+            raise StopUser()  # the run is over, or nothing in the mix can be asked of this target
 
     class OpenLoopUser(User):
         """One per process: sends every `processes`-th arrival of the seeded schedule at its time."""
