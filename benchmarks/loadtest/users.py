@@ -66,7 +66,7 @@ class LoadContext:
     cfg: LoadConfig
     start: float = 0.0
     # this process's place among the workers in the order locust hands them users (by client id)
-    position: int = 0
+    worker_rank: int = 0
     records: list[dict[str, Any]] = field(default_factory=list)
     client_samples: list[list[float]] = field(default_factory=list)
     environment: Any = None
@@ -110,15 +110,14 @@ class LoadContext:
         rng = random.Random(f"{self.cfg.seed}-{conversation}")
         scenario = self.sequence[position % len(self.sequence)]
         plan = build(scenario, rng, ScenarioOptions(**self.cfg.options), frozenset(self.cfg.extensions))
-        rid = conversation
         if plan.not_asked:
-            self._keep(RequestRecord(rid, plan.scenario, status="not_asked", scheduled=scheduled,
+            self._keep(RequestRecord(conversation, plan.scenario, status="not_asked", scheduled=scheduled,
                                      not_asked=plan.not_asked))
             return False
         with gate or contextlib.nullcontext():
-            record = self.send(session, plan.body, RequestRecord(rid, plan.scenario, scheduled=scheduled))
+            record = self.send(session, plan.body, RequestRecord(conversation, plan.scenario, scheduled=scheduled))
         if plan.scenario == "tools" and record.status == "ok" and record.tool_calls:
-            self.send(session, tool_turn(plan.body, record.tool_calls), RequestRecord(rid, plan.scenario, turn=2))
+            self.send(session, tool_turn(plan.body, record.tool_calls), RequestRecord(conversation, plan.scenario, turn=2))
         return True
 
     def send(self, session: requests.Session, body: dict[str, Any], record: RequestRecord) -> RequestRecord:
@@ -179,7 +178,7 @@ def user_classes(ctx: LoadContext) -> list[type[User]]:
         def on_start(self) -> None:
             ctx.begin()
             self.session = requests.Session()
-            self.user_id = ctx.position + cfg.processes * next(numbers)
+            self.user_id = ctx.worker_rank + cfg.processes * next(numbers)
             self.count = itertools.count()
 
         @task
@@ -208,7 +207,7 @@ def user_classes(ctx: LoadContext) -> list[type[User]]:
             sessions: list[requests.Session] = []
             times = arrival_times(cfg.rate, cfg.duration, cfg.arrival, cfg.burstiness, cfg.seed)
             for i, t in enumerate(times):
-                if i % cfg.processes != ctx.position:
+                if i % cfg.processes != ctx.worker_rank:
                     continue
                 gevent.sleep(max(0.0, ctx.start + t - clock()))
                 session = sessions.pop() if sessions else requests.Session()

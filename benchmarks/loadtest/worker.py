@@ -26,7 +26,7 @@ def main() -> None:
     runner = env.create_worker_runner(master_host="127.0.0.1", master_port=port)
 
     def start_at(msg: Any, **_: Any) -> None:
-        ctx.position = msg.data["order"].index(runner.client_id)
+        ctx.worker_rank = msg.data["order"].index(runner.client_id)
         ctx.start = msg.data["start"]
 
     runner.register_message("start_at", start_at)
