@@ -120,6 +120,9 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
         lines.append(f"| {name} | {_num(s['output_tokens_per_s'], '{:.1f}')} | {_num(s['requests_per_s'])} | "
                      f"{_num(s['goodput_requests_per_s'])} | {_num(s['goodput_share'], '{:.0%}')} | "
                      f"{_num(s['valid_share'], '{:.0%}')} | {s['errors']} |")
+    if summary["all"]["cancelled"]:
+        lines += ["", f"{summary['all']['cancelled']} requests were still running when the drain ended "
+                      "(--drain): cancelled, and left out of the latencies above."]
     cpu, lag = client["cpu"] or {}, client["loop_lag"] or {}
     lines += ["", f"Client: CPU p50 {_num(cpu.get('p50'), '{:.0%}')}, max {_num(cpu.get('max'), '{:.0%}')} of a "
               f"core; event-loop lag p99 {_num((lag.get('p99') or 0) * 1000, '{:.0f}')} ms; run "
