@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test serve bench lint clean
+.PHONY: setup test serve bench bench-decode lint clean
 
 setup: $(STAMP)
 
@@ -25,7 +25,14 @@ test: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/exaone-serve serve --host 127.0.0.1 --port 8000
 
+# A short mixed load run (locust) against a server started for it; report in bench-results/latest.
+# Longer or other runs: `.venv/bin/exaone-serve bench run|sweep|compare --help`.
+BENCH_ARGS ?= --scenario mixed --users 8 --duration 30s
 bench: $(STAMP)
+	$(VENV)/bin/exaone-serve bench run --serve $(BENCH_ARGS) --out bench-results/latest
+
+# Single-sequence decode speed of the engine without HTTP.
+bench-decode: $(STAMP)
 	$(PY) benchmarks/decode.py
 
 lint: $(STAMP)

@@ -1,4 +1,5 @@
-"""`exaone-serve`: `serve` runs the OpenAI-compatible server, `generate` prints one completion.
+"""`exaone-serve`: `serve` runs the OpenAI-compatible server, `generate` prints one completion, `bench`
+load-tests a server (benchmarks/loadtest).
 
 Flags are named as vLLM names them where the idea is the same.
 """
@@ -129,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (the default)")
     gen.add_argument("--seed", type=int)
     gen.set_defaults(func=generate_command)
+
+    from benchmarks.loadtest.cli import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""The load-test suite behind `exaone-serve bench` (locust users, per-request timelines, reports)."""

@@ -1,0 +1,56 @@
+"""Start a target server for a run and stop it after, so that one server at a time holds the machine."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+
+def exaone_serve(serve_args: str) -> tuple[list[str], str]:
+    """The command line of `exaone-serve serve` on a free loopback port with extra flags, and its URL."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [str(Path(sys.executable).parent / "exaone-serve"), "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "warning", *shlex.split(serve_args)]
+    return command, f"http://127.0.0.1:{port}"
+
+
+def _healthy(base_url: str) -> bool:
+    try:  # exaone-serve, llama-server and vLLM all answer /health with 200 once the model is loaded
+        return requests.get(f"{base_url}/health", timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@contextmanager
+def started(command: list[str] | None, base_url: str, timeout: float = 900.0) -> Iterator[None]:
+    """Run `command` until the block ends (SIGINT, then kill); wait for `base_url`/health first. None: no-op."""
+    if command is None:
+        yield
+        return
+    print(f"starting: {shlex.join(command)}", file=sys.stderr)
+    proc = subprocess.Popen(command)
+    try:
+        deadline = time.monotonic() + timeout
+        while not _healthy(base_url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise ValueError(f"{command[0]} did not become ready at {base_url} (exit status {proc.poll()})")
+            time.sleep(1.0)
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
