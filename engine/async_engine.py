@@ -98,6 +98,11 @@ class AsyncEngine:
         self._inbox.put(("abort", request_id))
         self._wake.set()
 
+    def reset_prefix_cache(self) -> None:
+        """Ask the loop to forget every cached prefix before the next step."""
+        self._inbox.put(("reset_prefix_cache", None))
+        self._wake.set()
+
     def stats(self) -> dict[str, Any]:
         """The engine's counters as of the last step."""
         return dict(self._stats)
@@ -139,6 +144,9 @@ class AsyncEngine:
                 return
             if kind == "abort":
                 self.engine.abort(payload)
+                continue
+            if kind == "reset_prefix_cache":
+                self.engine.reset_prefix_cache()
                 continue
             request_id, prompt_ids, params = payload
             with self._lock:

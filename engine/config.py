@@ -176,3 +176,4 @@ class EngineConfig:
     block_size: int = 16
     kv_cache_memory: int | None = None  # bytes; CPU default picks a budget from max_model_len
     gpu_memory_utilization: float = 0.9
+    enable_prefix_caching: bool = True  # reuse the K/V of full blocks of earlier prompts with the same prefix

@@ -31,6 +31,8 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self.prefix_cache_queries = 0  # prompt tokens looked up in the prefix cache
+        self.prefix_cache_hits = 0  # of which the cache supplied
 
     def add(self, seq: Sequence) -> None:
         """Queue a new sequence (FCFS)."""
@@ -62,10 +64,18 @@ class Scheduler:
             break
         while self.waiting and budget > 0 and len(self.running) < self.cfg.max_num_seqs:
             seq = self.waiting[0]
+            hit = self._match_prefix(seq)
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
             if not self.kv.allocate(seq.block_tables, seq.num_computed_tokens, num_new):
+                self.kv.free(seq.block_tables)  # a waiting sequence holds no blocks, cached hits included
+                seq.num_computed_tokens = 0
                 break
             self.waiting.popleft()
+            if hit is not None:
+                self.prefix_cache_queries += seq.num_tokens
+                self.prefix_cache_hits += hit
+                if seq.num_cached_tokens is None:
+                    seq.num_cached_tokens = hit
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = time.monotonic()
             seq.status = SequenceStatus.RUNNING
@@ -74,6 +84,16 @@ class Scheduler:
             batch.num_new_tokens.append(num_new)
             budget -= num_new
         return batch
+
+    def _match_prefix(self, seq: Sequence) -> int | None:
+        """Start a fresh (or preempted) sequence after its longest cached prefix; None when it may not use one.
+
+        A request for prompt logprobs computes every position it reports, so it skips the cache.
+        """
+        if seq.block_tables or not self.kv.enable_caching or seq.params.prompt_logprobs is not None:
+            return None
+        seq.num_computed_tokens = self.kv.match_prefix(seq.block_tables, seq.token_ids, seq.block_hashes)
+        return seq.num_computed_tokens
 
     def _preempt(self, seq: Sequence) -> None:
         """Free a sequence's blocks and requeue it at the front; it is recomputed later."""

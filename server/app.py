@@ -121,6 +121,12 @@ def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api
             raise bad_request(f"token ids must be in [0, {vocab})", "tokens")
         return _json(DetokenizeResponse(engine.tokenizer.decode(req.tokens)))
 
+    @api.post("/reset_prefix_cache")
+    async def reset_prefix_cache() -> Response:
+        """Forget every cached prefix (admin; before timing cold runs, or after changing weights)."""
+        state.ready_engine().reset_prefix_cache()
+        return Response(status_code=200)
+
     app.include_router(api)
     return app
 

@@ -46,6 +46,13 @@ class EngineStatsCollector(Collector):
         yield blocks
         yield CounterMetricFamily("exaone:num_preemptions", "Sequences preempted (recomputed later).",
                                   value=stats["num_preemptions"])
+        yield CounterMetricFamily("exaone:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+                                  value=stats["prefix_cache_queries"])
+        yield CounterMetricFamily("exaone:prefix_cache_hits", "Prompt tokens the prefix cache supplied.",
+                                  value=stats["prefix_cache_hits"])
+        yield GaugeMetricFamily("exaone:prefix_cache_hit_rate",
+                                "Share of looked-up prompt tokens the prefix cache supplied, since start.",
+                                value=stats["prefix_cache_hit_rate"])
 
 
 class ServerMetrics:

@@ -137,6 +137,12 @@ class CompletionTokensDetails(Struct):
     reasoning_tokens: int
 
 
+class PromptTokensDetails(Struct):
+    """`usage.prompt_tokens_details`: how many prompt tokens the prefix cache supplied."""
+
+    cached_tokens: int
+
+
 class UsageInfo(Struct):
     """Token counts of a request (chat adds completion_tokens_details)."""
 
@@ -144,6 +150,7 @@ class UsageInfo(Struct):
     completion_tokens: int
     total_tokens: int
     completion_tokens_details: CompletionTokensDetails | UnsetType = UNSET
+    prompt_tokens_details: PromptTokensDetails | UnsetType = UNSET
 
 
 class TopLogprob(Struct):
