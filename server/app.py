@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.async_engine import AsyncEngine
+from engine.reasoning import DEFAULT_ANSWER_RESERVE
 from server.chat_modes import offered_tools
 from server.errors import APIError, bad_request, install_error_handlers
 from server.schemas import (
@@ -38,14 +39,16 @@ def _json(obj: Any) -> Response:
 def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api_key: str | None = None,
                max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
                default_chat_template_kwargs: dict[str, Any] | None = None,
-               max_thinking_tokens: int | None = None) -> FastAPI:
+               max_thinking_tokens: int | None = None, reasoning_answer_reserve: float = DEFAULT_ANSWER_RESERVE,
+               thinking_deadline_ms: int | None = None) -> FastAPI:
     """Build the app; with engine=None it answers 503 until `attach_engine` hands it one.
 
     The app never stops the engine: whoever made the engine shuts it down. Raises ValueError for
     defaults no request could use (a non-boolean enable_thinking, a negative max_thinking_tokens).
     """
     state = ServerState(list(served_model_names), api_key, max_request_body_bytes,
-                        dict(default_chat_template_kwargs or {}), max_thinking_tokens, engine)
+                        dict(default_chat_template_kwargs or {}), max_thinking_tokens, engine,
+                        reasoning_answer_reserve, thinking_deadline_ms)
     started = int(time.time())
 
     app = FastAPI(title="exaone-serve")

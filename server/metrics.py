@@ -81,7 +81,15 @@ class ServerMetrics:
         self.request_success = Counter(
             "exaone:request_success", "Finished sequences (one per choice) by finish reason.",
             ["finished_reason"], registry=r)
+        self.reasoning_cuts = Counter(
+            "exaone:reasoning_cuts", "Choices whose thinking was ended early, by what ended it "
+            "(budget, answer_reserve, deadline).", ["reason"], registry=r)
         r.register(EngineStatsCollector(engine_stats))
+
+    def count_reasoning_cut(self, reason: str | None) -> None:
+        """Count one choice's thinking cut (nothing when the model ended it itself)."""
+        if reason is not None:
+            self.reasoning_cuts.labels(reason).inc()
 
     def track(self, num_prompt_tokens: int, num_choices: int) -> RequestTracker:
         """Start timing one engine request."""

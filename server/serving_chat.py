@@ -64,9 +64,10 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
                               "max_completion_tokens")
         max_tokens = req.max_completion_tokens
     modes = state.ready_modes()
-    plan = modes.plan(req)
+    plan = modes.plan(req, max_tokens)
     params = state.sampling_params(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None,
                                    plan.sampling_defaults, plan.factories)
+    params.reasoning = plan.mode.enabled  # its lane under --scheduling-policy mode-aware
     prompt_ids = modes.render(req.messages, plan.mode, plan.tools, req.chat_template_kwargs)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     group = RequestGroup(state, request_id, [prompt_ids], params)
@@ -95,7 +96,8 @@ async def _collect(state: ServerState, req: ChatCompletionRequest, plan: ChatPla
     choices = []
     for s in samples:
         splitter = plan.splitter()
-        message = splitter.message(s.text)
+        message = splitter.message(s.text, plan.reasoning_cut(s.index))
+        state.metrics.count_reasoning_cut(plan.reasoning_cut(s.index))
         logprobs = chat_logprobs(state, s.logprobs or []) if req.logprobs else None
         choices.append(ChatChoice(s.index, message, logprobs, splitter.finish_reason(s.finish_reason), s.stop_reason))
     usage = _usage(plan, group, [s.token_ids for s in samples], cached_tokens)
@@ -128,7 +130,9 @@ async def _stream(state: ServerState, req: ChatCompletionRequest, plan: ChatPlan
                 if piece or logprobs is not None:
                     yield chunk(ChatChunkChoice(delta.index, piece.delta(), logprobs))
                 if delta.finish_reason is not None:
-                    yield chunk(ChatChunkChoice(delta.index, DeltaMessage(),
+                    cut = plan.reasoning_cut(delta.index)
+                    state.metrics.count_reasoning_cut(cut)
+                    yield chunk(ChatChunkChoice(delta.index, DeltaMessage(reasoning_cut=cut or UNSET),
                                                 finish_reason=splitter.finish_reason(delta.finish_reason)))
     except Exception as e:
         yield error_event(e)
