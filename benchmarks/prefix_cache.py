@@ -102,8 +102,10 @@ def main() -> None:
     parser.add_argument("--scenario", choices=["chat", "tools", "both"], default="both")
     parser.add_argument("--turns", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=32, help="answer length per turn")
+    parser.add_argument("--kv-cache-memory", type=int, default=256 << 20, help="bytes per engine (two are loaded)")
     args = parser.parse_args()
-    llms = {on: LLM(model=args.model, progress=False, enable_prefix_caching=on) for on in (True, False)}
+    llms = {on: LLM(model=args.model, progress=False, enable_prefix_caching=on, kv_cache_memory=args.kv_cache_memory)
+            for on in (True, False)}
     for llm in llms.values():  # warm-up: first-call allocations and kernels
         llm.generate("Hello", SamplingParams(max_tokens=2))
         llm.reset_prefix_cache()
