@@ -119,6 +119,11 @@ class AsyncEngine:
         """True when cut() ended this request before it finished."""
         return request_id in self._cut
 
+    def reset_prefix_cache(self) -> None:
+        """Ask the loop to forget every cached prefix before the next step."""
+        self._inbox.put(("reset_prefix_cache", None))
+        self._wake.set()
+
     def stats(self) -> dict[str, Any]:
         """The engine's counters as of the last step, and whether it is draining."""
         return {**self._stats, "draining": self.draining}
@@ -163,6 +168,9 @@ class AsyncEngine:
                 continue
             if kind == "cut":
                 self._cut_all()
+                continue
+            if kind == "reset_prefix_cache":
+                self.engine.reset_prefix_cache()
                 continue
             request_id, prompt_ids, params = payload
             with self._lock:

@@ -15,6 +15,7 @@ SUPPORTED_ARCHITECTURES = {
     "Exaone4ForCausalLM": "exaone4",
     "LlamaForCausalLM": "llama",
 }
+SCHEDULING_POLICIES = ("fcfs", "priority", "mode-aware")
 EXAONE4_DEFAULT_WINDOW = 4096
 EXAONE4_DEFAULT_PATTERN = 4
 
@@ -177,3 +178,11 @@ class EngineConfig:
     kv_cache_memory: int | None = None  # bytes; CPU default picks a budget from max_model_len
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1  # ranks (one process per device) that split each layer
+    enable_prefix_caching: bool = True  # reuse the K/V of full blocks of earlier prompts with the same prefix
+    scheduling_policy: str = "fcfs"  # "fcfs" | "priority" | "mode-aware" (see engine/scheduler.py)
+    fast_lane_max_tokens: int = 1024  # mode-aware: requests without reasoning and at most this max_tokens
+
+    def __post_init__(self) -> None:
+        if self.scheduling_policy not in SCHEDULING_POLICIES:
+            raise ValueError(f"scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}, "
+                             f"got {self.scheduling_policy!r}")

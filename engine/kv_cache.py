@@ -1,10 +1,12 @@
-"""KV block manager: a paged pool per layer kind; sliding-window pools keep a ring of recent blocks."""
+"""KV block manager: a paged pool per layer kind; sliding-window pools keep a ring of recent blocks;
+full blocks of both stay findable by content (automatic prefix caching)."""
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass, field
+
+from engine.block_pool import BlockHash, BlockPool, extend_block_hashes
 
 
 @dataclass(frozen=True)
@@ -21,50 +23,23 @@ class BlockTable:
 
     Global pools index `table` by logical block; sliding pools use a fixed ring of
     `ring_blocks` entries, logical block j in entry j % ring_blocks, -1 where none is held.
+    Logical blocks below `num_cached` were offered to the prefix cache already.
     """
 
     table: list[int] = field(default_factory=list)
     lo: int = 0
     hi: int = 0
-
-
-class BlockPool:
-    """Free list of physical block ids with reference counts (forked samples share full blocks)."""
-
-    def __init__(self, num_blocks: int) -> None:
-        self.num_blocks = num_blocks
-        self.free_ids: deque[int] = deque(range(num_blocks))
-        self.refs = [0] * num_blocks
-
-    @property
-    def num_free(self) -> int:
-        """Blocks nobody holds."""
-        return len(self.free_ids)
-
-    def allocate(self) -> int:
-        """Take a free block (caller checked num_free)."""
-        block = self.free_ids.popleft()
-        self.refs[block] = 1
-        return block
-
-    def share(self, block: int) -> None:
-        """One more holder of an allocated block."""
-        self.refs[block] += 1
-
-    def release(self, block: int) -> None:
-        """Drop one holder; the block is free when none is left."""
-        self.refs[block] -= 1
-        if self.refs[block] == 0:
-            self.free_ids.append(block)
+    num_cached: int = 0
 
 
 class KVCacheManager:
-    """Allocates, recycles and frees blocks per sequence, per pool, step by step."""
+    """Allocates, recycles and frees blocks per sequence, per pool, step by step; finds cached prefixes."""
 
     def __init__(self, pools: dict[str, PoolSpec], num_blocks: dict[str, int], block_size: int,
-                 max_chunk: int) -> None:
+                 max_chunk: int, enable_caching: bool = True) -> None:
         self.specs = pools
         self.block_size = block_size
+        self.enable_caching = enable_caching
         self.pools = {kind: BlockPool(num_blocks[kind]) for kind in pools}
         self.ring_blocks = {
             kind: ring_size(spec.window, block_size, max_chunk) for kind, spec in pools.items() if spec.window is not None
@@ -72,17 +47,25 @@ class KVCacheManager:
 
     def _needed_range(self, kind: str, num_computed: int, num_new: int) -> tuple[int, int]:
         """Logical blocks [lo, hi) that a step computing tokens [num_computed, +num_new) touches."""
+        return self._window_start(kind, num_computed), (num_computed + num_new - 1) // self.block_size + 1
+
+    def _window_start(self, kind: str, num_computed: int) -> int:
+        """First logical block the next token at position num_computed attends to."""
         window = self.specs[kind].window
-        first = 0 if window is None else max(0, num_computed - window + 1)
-        return first // self.block_size, (num_computed + num_new - 1) // self.block_size + 1
+        return 0 if window is None else max(0, num_computed - window + 1) // self.block_size
+
+    def _entry(self, kind: str, j: int) -> int:
+        ring = self.ring_blocks.get(kind)
+        return j % ring if ring else j
 
     def blocks_to_allocate(self, tables: dict[str, BlockTable], num_computed: int, num_new: int) -> dict[str, int]:
-        """New blocks each pool must hand out for this step, net of recycled ones."""
+        """New blocks each pool must hand out for this step, net of recycled ones that come free."""
         need = {}
         for kind in self.specs:
             bt = tables.get(kind) or BlockTable()
             lo, hi = self._needed_range(kind, num_computed, num_new)
-            freed = max(0, min(lo, bt.hi) - bt.lo) if bt.hi > bt.lo else 0
+            refs = self.pools[kind].refs
+            freed = sum(1 for j in range(bt.lo, min(lo, bt.hi)) if refs[bt.table[self._entry(kind, j)]] == 1)
             need[kind] = max(0, hi - max(bt.hi, lo)) - freed
         return need
 
@@ -103,7 +86,7 @@ class KVCacheManager:
             ring = self.ring_blocks[kind]
             if not bt.table:
                 bt.table = [-1] * ring
-            for j in range(bt.lo, min(lo, bt.hi)):  # out of the window: recycle
+            for j in range(bt.lo, min(lo, bt.hi)):  # out of the window: recycle (still findable if cached)
                 pool.release(bt.table[j % ring])
                 bt.table[j % ring] = -1
             bt.lo = max(bt.lo, lo) if bt.hi > bt.lo else lo
@@ -113,12 +96,79 @@ class KVCacheManager:
         return True
 
     def free(self, tables: dict[str, BlockTable]) -> None:
-        """Return every block a sequence holds."""
+        """Return every block a sequence holds, the last logical block first (so it is evicted first)."""
         for kind, bt in tables.items():
-            for block in bt.table:
+            for j in range(bt.hi - 1, bt.lo - 1, -1):
+                block = bt.table[self._entry(kind, j)]
                 if block >= 0:
                     self.pools[kind].release(block)
         tables.clear()
+
+    # ---- prefix caching -------------------------------------------------------------------
+
+    def match_prefix(self, tables: dict[str, BlockTable], token_ids: list[int], hashes: list[BlockHash]) -> int:
+        """Attach the longest cached prefix of token_ids to empty tables; returns its length in tokens.
+
+        The hit is a whole number of blocks below len(token_ids) (at least one token is left to compute):
+        every global block of it, and of each sliding pool the blocks the next token's window reads.
+        """
+        if not self.enable_caching:
+            return 0
+        bs = self.block_size
+        max_blocks = (len(token_ids) - 1) // bs
+        extend_block_hashes(hashes, token_ids, max_blocks, bs)
+        num_blocks = self._longest_hit(hashes[:max_blocks])
+        for kind in self.specs:
+            pool = self.pools[kind]
+            lo = self._window_start(kind, num_blocks * bs)
+            bt = tables[kind] = BlockTable([-1] * self.ring_blocks[kind] if kind in self.ring_blocks else [],
+                                           lo, num_blocks, num_blocks)
+            for j in range(lo, num_blocks):
+                block = pool.lookup(hashes[j])
+                assert block is not None
+                pool.share(block)
+                if kind in self.ring_blocks:
+                    bt.table[self._entry(kind, j)] = block
+                else:
+                    bt.table.append(block)
+        return num_blocks * bs
+
+    def _longest_hit(self, hashes: list[BlockHash]) -> int:
+        """Largest k <= len(hashes) such that every pool holds the blocks a hit of k blocks needs."""
+        candidates = set(range(1, len(hashes) + 1))
+        for kind in self.specs:
+            pool = self.pools[kind]
+            valid, run = set(), 0  # run: cached blocks in a row ending at block k - 1
+            for k, h in enumerate(hashes, start=1):
+                run = run + 1 if pool.lookup(h) is not None else 0
+                if run >= k - self._window_start(kind, k * self.block_size):
+                    valid.add(k)
+                elif kind not in self.ring_blocks:
+                    break  # a global miss ends every longer hit
+            candidates &= valid
+        return max(candidates, default=0)
+
+    def cache_blocks(self, tables: dict[str, BlockTable], token_ids: list[int], hashes: list[BlockHash],
+                     num_computed: int) -> None:
+        """Make the blocks that num_computed tokens have filled findable by content."""
+        if not self.enable_caching:
+            return
+        full = num_computed // self.block_size
+        extend_block_hashes(hashes, token_ids, full, self.block_size)
+        for kind, bt in tables.items():
+            pool = self.pools[kind]
+            for j in range(max(bt.num_cached, bt.lo), min(full, bt.hi)):
+                block = bt.table[self._entry(kind, j)]
+                if block >= 0:
+                    pool.cache(block, hashes[j])
+            bt.num_cached = max(bt.num_cached, full)
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached block (held blocks stay valid for their sequences)."""
+        for pool in self.pools.values():
+            pool.reset_cache()
+
+    # ---- forking and accounting -----------------------------------------------------------
 
     def fork(self, parent: dict[str, BlockTable], num_tokens: int) -> tuple[dict[str, BlockTable], list[tuple[str, int, int]]]:
         """Tables for a sample sharing the parent's full blocks; the partial last block is copied.
@@ -131,18 +181,16 @@ class KVCacheManager:
         last = (num_tokens - 1) // self.block_size if num_tokens % self.block_size else -1
         for kind, bt in parent.items():
             pool = self.pools[kind]
-            ring = self.ring_blocks.get(kind)
             table = list(bt.table)
             for entry, block in enumerate(table):
                 if block < 0:
                     continue
-                is_last = last >= 0 and entry == (last % ring if ring else last)
-                if is_last:
+                if last >= 0 and entry == self._entry(kind, last):
                     table[entry] = pool.allocate()
                     copies.append((kind, block, table[entry]))
                 else:
                     pool.share(block)
-            child[kind] = BlockTable(table, bt.lo, bt.hi)
+            child[kind] = BlockTable(table, bt.lo, bt.hi, bt.num_cached)
         return child, copies
 
     def can_fork(self, parent: dict[str, BlockTable], num_tokens: int) -> bool:
@@ -151,8 +199,12 @@ class KVCacheManager:
         return all(not partial or self.pools[kind].num_free >= 1 for kind in parent)
 
     def usage(self) -> dict[str, int]:
-        """Blocks in use per pool."""
+        """Blocks in use (held by a sequence) per pool."""
         return {kind: pool.num_blocks - pool.num_free for kind, pool in self.pools.items()}
+
+    def num_cached(self) -> dict[str, int]:
+        """Blocks findable by content per pool (held or evictable)."""
+        return {kind: pool.num_cached for kind, pool in self.pools.items()}
 
     def num_blocks(self) -> dict[str, int]:
         """Pool sizes."""

@@ -58,6 +58,10 @@ class LLM:
                    for conv in conversations]
         return self.generate(prompt_token_ids=prompts, sampling_params=sampling_params, use_tqdm=use_tqdm)
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix, e.g. before timing a cold run."""
+        self.engine.reset_prefix_cache()
+
     def _run(self, request_ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
         results: dict[str, RequestOutput] = {}
         bar = tqdm(total=len(request_ids), desc="Generating", disable=not use_tqdm)
@@ -69,6 +73,7 @@ class LLM:
                 if out.prompt_logprobs is not None:
                     acc.prompt_logprobs = out.prompt_logprobs
                 acc.metrics = out.metrics
+                acc.num_cached_tokens = out.num_cached_tokens
                 for delta in out.outputs:
                     while len(acc.outputs) <= delta.index:
                         acc.outputs.append(CompletionOutput(len(acc.outputs), "", [], None))

@@ -114,7 +114,7 @@ class LLMEngine:
         rings = {kind: ring_size(spec.window, cfg.block_size, cfg.max_num_batched_tokens)
                  for kind, spec in pools.items() if spec.window is not None}
         num_blocks = split_budget(pools, bytes_per_layer_block, budget, cfg.max_num_seqs, rings)
-        return KVCacheManager(pools, num_blocks, cfg.block_size, cfg.max_num_batched_tokens)
+        return KVCacheManager(pools, num_blocks, cfg.block_size, cfg.max_num_batched_tokens, cfg.enable_prefix_caching)
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -204,6 +204,7 @@ class LLMEngine:
             self._add_prompt_logprobs(batch.seqs[row], chunk_logits)
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             seq.num_computed_tokens += n
+            self.kv.cache_blocks(seq.block_tables, seq.token_ids, seq.block_hashes, seq.num_computed_tokens)
         samplers: list[Sequence] = []
         logit_rows: list[int] = []
         for row, i in enumerate(sample_rows):
@@ -256,6 +257,8 @@ class LLMEngine:
                 self.scheduler.add(child)  # no room to copy: it prefills on its own later
                 continue
             child.block_tables, copies = self.kv.fork(parent.block_tables, parent.num_computed_tokens)
+            child.block_hashes = list(parent.block_hashes)
+            child.num_cached_tokens = parent.num_cached_tokens
             self.runner.copy_blocks(copies)
             child.num_computed_tokens = parent.num_computed_tokens
             child.status = SequenceStatus.RUNNING
@@ -328,7 +331,7 @@ class LLMEngine:
             if first.params.prompt_logprobs is not None and first.num_output_tokens == 1 and outs[0].index == 0:
                 prompt_logprobs = first.prompt_logprobs
             outputs.append(RequestOutput(request_id, self.prompts[request_id], outs, finished, metrics,
-                                         prompt_logprobs))
+                                         prompt_logprobs, first.num_cached_tokens or 0))
             if finished:
                 del self.requests[request_id], self.prompts[request_id]
         return outputs
@@ -339,13 +342,22 @@ class LLMEngine:
             self.executor.shutdown()
             self.executor.failure = self.executor.failure or "the engine was shut down"
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached prefix (requests in flight keep their blocks)."""
+        self.kv.reset_prefix_cache()
+
     def stats(self) -> dict:
-        """Running/waiting counts, KV blocks in use per pool, preemptions so far."""
+        """Running/waiting counts, KV blocks in use and cached per pool, preemptions and prefix-cache hits so far."""
+        s = self.scheduler
         return {
-            "running": len(self.scheduler.running),
-            "waiting": len(self.scheduler.waiting),
+            "running": len(s.running),
+            "waiting": len(s.waiting),
             "kv_blocks_used": self.kv.usage(),
+            "kv_blocks_cached": self.kv.num_cached(),
             "kv_blocks_total": self.kv.num_blocks(),
             "block_size": self.kv.block_size,
-            "num_preemptions": self.scheduler.num_preemptions,
+            "num_preemptions": s.num_preemptions,
+            "prefix_cache_queries": s.prefix_cache_queries,
+            "prefix_cache_hits": s.prefix_cache_hits,
+            "prefix_cache_hit_rate": s.prefix_cache_hits / s.prefix_cache_queries if s.prefix_cache_queries else 0.0,
         }

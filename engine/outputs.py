@@ -53,3 +53,4 @@ class RequestOutput:
     metrics: RequestMetrics | None = None
     # Sent once, with the request's first output, when SamplingParams.prompt_logprobs is set.
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    num_cached_tokens: int = 0  # prompt tokens whose K/V came from the prefix cache

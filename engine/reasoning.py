@@ -7,6 +7,8 @@ SmolLM2) get the same `<think>\\n` appended to the prompt as a fallback, and the
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -26,6 +28,11 @@ END_SEQUENCE = THINK_END + "\n\n"
 # reply arrives in seconds on a small GPU; "high" leaves it to max_tokens (and --max-thinking-tokens).
 EFFORT: dict[str, tuple[bool, int | None]] = {
     "none": (False, None), "minimal": (True, 128), "low": (True, 512), "medium": (True, 2048), "high": (True, None)}
+
+
+# The answer reserve: thinking ends early enough to leave max(floor, fraction * max_tokens) tokens for the answer.
+DEFAULT_ANSWER_RESERVE = 0.25
+ANSWER_RESERVE_FLOOR = 16
 
 
 class ReasoningMode(NamedTuple):
@@ -84,6 +91,42 @@ def resolve_reasoning(*, reasoning: bool | None = None, chat_template_kwargs: di
     return ReasoningMode(True, budget)
 
 
+class ThinkingLimits(NamedTuple):
+    """When one request's thinking is cut: a token budget (and why it is that), a wall-clock deadline."""
+
+    budget: int | None  # thinking tokens, the forced end sequence excluded
+    budget_reason: str  # "budget" (asked or capped) or "answer_reserve" (what max_tokens leaves)
+    deadline: float | None  # time.monotonic() seconds
+
+
+def thinking_limits(mode: ReasoningMode, max_tokens: int | None, forced_length: int, *,
+                    reserve_fraction: float = DEFAULT_ANSWER_RESERVE, reserve: int | None = None,
+                    deadline_ms: int | None = None, arrival: float | None = None) -> ThinkingLimits | None:
+    """The limits of a reasoning request, or None when nothing cuts its thinking.
+
+    With max_tokens set, thinking may use what is left after the answer reserve (the request's `reserve`
+    tokens, else max(ANSWER_RESERVE_FLOOR, reserve_fraction * max_tokens)) and the forced end sequence.
+    The deadline counts from `arrival` (now when not given). Raises ValueError naming a bad field."""
+    if not mode.enabled:
+        return None
+    reserve = _budget(reserve, "reasoning_answer_reserve")
+    deadline_ms = _budget(deadline_ms, "thinking_deadline_ms")
+    budget, reason = mode.budget, "budget"
+    if max_tokens is not None:
+        keep = reserve
+        if keep is None:
+            keep = max(ANSWER_RESERVE_FLOOR, math.ceil(reserve_fraction * max_tokens)) if reserve_fraction else 0
+        room = max(0, max_tokens - keep - forced_length) if keep else None
+        if room is not None and (budget is None or room < budget):
+            budget, reason = room, "answer_reserve"
+    deadline = None
+    if deadline_ms is not None:
+        deadline = (time.monotonic() if arrival is None else arrival) + deadline_ms / 1000
+    if budget is None and deadline is None:
+        return None
+    return ThinkingLimits(budget, reason, deadline)
+
+
 @dataclass(frozen=True)
 class ReasoningConfig:
     """Per-model facts the reasoning pieces need: tags, the forced end sequence, EOS ids, token bytes."""
@@ -109,12 +152,24 @@ class ReasoningConfig:
             end_sequence_ids=tuple(encode(END_SEQUENCE)), eos_token_ids=frozenset(eos_token_ids),
             token_bytes=token_bytes, tokenizer_info=info, encode=encode)
 
-    def budget_processor_factory(self, budget: int, message: str | None = None) -> Callable[[], LogitsProcessor]:
-        """A per-sample ThinkingBudgetProcessor factory; `message` is forced (verbatim) before the end sequence."""
-        if budget < 0:
-            raise ValueError(f"thinking_token_budget must be a non-negative integer, got {budget}")
+    def budget_processor_factory(self, budget: int | ThinkingLimits, message: str | None = None,
+                                 made: list[ThinkingBudgetProcessor] | None = None) -> Callable[[], LogitsProcessor]:
+        """A per-sample ThinkingBudgetProcessor factory; `message` is forced (verbatim) before the end sequence.
+
+        `budget` is a token count or full ThinkingLimits; each processor made is appended to `made`
+        (in sample order), so the caller can read afterwards whether and why thinking was cut."""
+        limits = budget if isinstance(budget, ThinkingLimits) else ThinkingLimits(budget, "budget", None)
+        if limits.budget is not None and limits.budget < 0:
+            raise ValueError(f"thinking_token_budget must be a non-negative integer, got {limits.budget}")
         forced = (*(self.encode(message) if message else ()), *self.end_sequence_ids)
-        return lambda: ThinkingBudgetProcessor(self, budget, forced)
+
+        def make() -> ThinkingBudgetProcessor:
+            processor = ThinkingBudgetProcessor(self, limits, forced)
+            if made is not None:
+                made.append(processor)
+            return processor
+
+        return make
 
 
 class ThinkingTracker:
@@ -160,18 +215,20 @@ def count_reasoning_tokens(token_ids: Sequence[int], config: ReasoningConfig) ->
 
 
 class ThinkingBudgetProcessor:
-    """Forces the end of thinking once `budget` thinking tokens exist, then keeps EOS away until an answer
-    token exists (also inside the span: a budgeted reply never ends without an answer). One per sample."""
+    """Forces the end of thinking once the budget's thinking tokens exist or the deadline has passed, then
+    keeps EOS away until an answer token exists (also inside the span: a budgeted reply never ends without
+    an answer). One per sample; `cut` says what ended its thinking ("budget", "answer_reserve", "deadline")."""
 
-    def __init__(self, config: ReasoningConfig, budget: int, forced: Sequence[int]) -> None:
+    def __init__(self, config: ReasoningConfig, limits: int | ThinkingLimits, forced: Sequence[int]) -> None:
         self._config = config
-        self._budget = budget
+        self._limits = limits if isinstance(limits, ThinkingLimits) else ThinkingLimits(limits, "budget", None)
         self._forced = tuple(forced)
         # an index tensor, moved to the logits' device once, so a step does not build one from a list
         self._eos = torch.tensor(sorted(config.eos_token_ids))
         self._reset()
 
     def _reset(self) -> None:
+        self.cut: str | None = None
         self._tracker = ThinkingTracker(self._config)
         self._seen = 0
         self._forcing_from: int | None = None  # output index where forcing began
@@ -183,8 +240,10 @@ class ThinkingBudgetProcessor:
             self._tracker.feed(token)
         self._seen = len(output_ids)
         tracker = self._tracker
-        if tracker.in_thinking and self._forcing_from is None and tracker.thinking_tokens >= self._budget:
-            self._forcing_from = len(output_ids)
+        if tracker.in_thinking and self._forcing_from is None:
+            self.cut = self._cut_reason(tracker.thinking_tokens)
+            if self.cut is not None:
+                self._forcing_from = len(output_ids)
         if self._forcing_from is not None and (step := len(output_ids) - self._forcing_from) < len(self._forced):
             logits.fill_(float("-inf"))
             logits[self._forced[step]] = 0.0
@@ -193,6 +252,16 @@ class ThinkingBudgetProcessor:
             self._eos = self._eos.to(logits.device)
             logits[self._eos] = float("-inf")
         return logits
+
+
+    def _cut_reason(self, thinking_tokens: int) -> str | None:
+        """Why thinking must end now, whichever limit comes first; None while it may go on."""
+        budget, reason, deadline = self._limits
+        if budget is not None and thinking_tokens >= budget:
+            return reason
+        if deadline is not None and time.monotonic() >= deadline:
+            return "deadline"
+        return None
 
 
 class ReasoningParser:

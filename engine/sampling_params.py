@@ -36,6 +36,10 @@ class SamplingParams:
     logits_processors: list[LogitsProcessor] = field(default_factory=list)
     # Stateful processors (grammar matchers, thinking budgets) are built once per sample from these.
     logits_processor_factories: list[Callable[[], LogitsProcessor]] = field(default_factory=list)
+    # For the scheduler (engine/scheduler.py): lower priority values run first (vLLM passes it beside the
+    # params); a reasoning request is in the slow lane of the mode-aware policy.
+    priority: int = 0
+    reasoning: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

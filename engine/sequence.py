@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from engine.block_pool import BlockHash
 from engine.kv_cache import BlockTable
 from engine.outputs import TokenLogprob
 from engine.sampling_params import SamplingParams
@@ -40,6 +41,8 @@ class Sequence:
     num_computed_tokens: int = 0
     status: SequenceStatus = SequenceStatus.WAITING
     block_tables: dict[str, BlockTable] = field(default_factory=dict)
+    block_hashes: list[BlockHash] = field(default_factory=list)  # content keys of its full blocks, chained
+    num_cached_tokens: int | None = None  # prompt tokens the prefix cache supplied when first scheduled
     finish_reason: str | None = None
     stop_reason: str | int | None = None
     arrival_time: float = field(default_factory=time.monotonic)

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.async_engine import AsyncEngine
+from engine.reasoning import DEFAULT_ANSWER_RESERVE
 from server.chat_modes import offered_tools
 from server.errors import APIError, bad_request, install_error_handlers
 from server.schemas import (
@@ -39,14 +40,16 @@ def _json(obj: Any) -> Response:
 def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api_key: str | None = None,
                max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
                default_chat_template_kwargs: dict[str, Any] | None = None,
-               max_thinking_tokens: int | None = None) -> FastAPI:
+               max_thinking_tokens: int | None = None, reasoning_answer_reserve: float = DEFAULT_ANSWER_RESERVE,
+               thinking_deadline_ms: int | None = None) -> FastAPI:
     """Build the app; with engine=None it answers 503 until `attach_engine` hands it one.
 
     The app never stops the engine: whoever made the engine shuts it down. Raises ValueError for
     defaults no request could use (a non-boolean enable_thinking, a negative max_thinking_tokens).
     """
     state = ServerState(list(served_model_names), api_key, max_request_body_bytes,
-                        dict(default_chat_template_kwargs or {}), max_thinking_tokens, engine)
+                        dict(default_chat_template_kwargs or {}), max_thinking_tokens, engine,
+                        reasoning_answer_reserve, thinking_deadline_ms)
     started = int(time.time())
 
     app = FastAPI(title="exaone-serve")
@@ -141,6 +144,12 @@ def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api
         if any(not 0 <= t < vocab for t in req.tokens):
             raise bad_request(f"token ids must be in [0, {vocab})", "tokens")
         return _json(DetokenizeResponse(engine.tokenizer.decode(req.tokens)))
+
+    @api.post("/reset_prefix_cache")
+    async def reset_prefix_cache() -> Response:
+        """Forget every cached prefix (admin; before timing cold runs, or after changing weights)."""
+        state.ready_engine().reset_prefix_cache()
+        return Response(status_code=200)
 
     app.include_router(api)
     return app

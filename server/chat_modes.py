@@ -21,13 +21,16 @@ from engine.async_engine import AsyncEngine
 from engine.chat_templates import TemplateTraits, render_chat_prompt, template_traits
 from engine.guided import GuidedDecoding
 from engine.reasoning import (
+    DEFAULT_ANSWER_RESERVE,
     THINK_END,
     THINK_START,
     ReasoningConfig,
     ReasoningMode,
     ReasoningParser,
+    ThinkingBudgetProcessor,
     count_reasoning_tokens,
     resolve_reasoning,
+    thinking_limits,
 )
 from engine.sampling_params import LogitsProcessor
 from engine.tokenizer import Tokenizer
@@ -56,7 +59,7 @@ REASONING_SAMPLING: dict[str, float] = {"temperature": 0.6, "top_p": 0.95, "pres
 _RESERVED_TEMPLATE_KWARGS = {"messages", "tools", "add_generation_prompt", "tokenize"}
 # The engine's validation messages start with the offending field's path, e.g. `tools[0].function.name`.
 _MODE_FIELDS = {"reasoning", "reasoning_effort", "thinking_token_budget", "thinking_budget", "chat_template_kwargs",
-                "tools", "tool_choice", "response_format"}
+                "tools", "tool_choice", "response_format", "reasoning_answer_reserve", "thinking_deadline_ms"}
 
 ProcessorFactory = Callable[[], LogitsProcessor]
 
@@ -122,6 +125,11 @@ class ChatPlan:
     factories: list[ProcessorFactory]  # grammar first, thinking budget last
     sampling_defaults: dict[str, float]
     config: ReasoningConfig
+    thinking: list[ThinkingBudgetProcessor] = field(default_factory=list)  # one per sample, once the engine has it
+
+    def reasoning_cut(self, index: int) -> str | None:
+        """What cut sample `index`'s thinking (budget, answer_reserve, deadline), or None."""
+        return self.thinking[index].cut if index < len(self.thinking) else None
 
     def splitter(self) -> OutputSplitter:
         """A splitter for one sample of this request."""
@@ -142,6 +150,8 @@ class ChatModes:
     traits: TemplateTraits
     default_template_kwargs: dict[str, Any]
     max_thinking_tokens: int | None
+    answer_reserve: float = DEFAULT_ANSWER_RESERVE  # share of max_tokens kept for the answer (with a floor)
+    thinking_deadline_ms: int | None = None  # default deadline of reasoning requests
 
     @staticmethod
     def check_server_defaults(default_template_kwargs: dict[str, Any], max_thinking_tokens: int | None) -> None:
@@ -150,7 +160,8 @@ class ChatModes:
 
     @classmethod
     def for_engine(cls, engine: AsyncEngine, default_template_kwargs: dict[str, Any],
-                   max_thinking_tokens: int | None) -> ChatModes:
+                   max_thinking_tokens: int | None, answer_reserve: float = DEFAULT_ANSWER_RESERVE,
+                   thinking_deadline_ms: int | None = None) -> ChatModes:
         """Build once per engine (xgrammar reads the whole vocabulary: ~0.3 s for 50k tokens)."""
         tokenizer, llm = engine.tokenizer, engine.engine
         # The parsers read the tags in the detokenized text, which drops special tokens by default.
@@ -160,7 +171,7 @@ class ChatModes:
                            "of requests that set skip_special_tokens=false", ", ".join(hidden))
         config = ReasoningConfig.from_tokenizer(tokenizer.hf, llm.model_config.vocab_size, sorted(llm.eos_token_ids))
         return cls(tokenizer, config, GuidedDecoding(config), template_traits(tokenizer.hf),
-                   dict(default_template_kwargs), max_thinking_tokens)
+                   dict(default_template_kwargs), max_thinking_tokens, answer_reserve, thinking_deadline_ms)
 
     def mode(self, *, reasoning: bool | None, chat_template_kwargs: dict[str, Any] | None,
              reasoning_effort: str | None, thinking_token_budget: int | None = None,
@@ -174,8 +185,8 @@ class ChatModes:
         except ValueError as e:
             raise mode_error(e) from None
 
-    def plan(self, req: ChatCompletionRequest) -> ChatPlan:
-        """Resolve and validate every mode field of a chat request."""
+    def plan(self, req: ChatCompletionRequest, max_tokens: int | None = None) -> ChatPlan:
+        """Resolve and validate every mode field of a chat request (max_tokens: what it may generate)."""
         mode = self.mode(reasoning=req.reasoning, chat_template_kwargs=req.chat_template_kwargs,
                          reasoning_effort=req.reasoning_effort, thinking_token_budget=req.thinking_token_budget,
                          thinking_budget=req.thinking_budget)
@@ -187,12 +198,20 @@ class ChatModes:
         except ValueError as e:
             raise mode_error(e) from None
         factories = [grammar] if grammar else []
-        if mode.enabled and mode.budget is not None:
-            factories.append(self.reasoning.budget_processor_factory(mode.budget, req.thinking_budget_message))
+        deadline = req.thinking_deadline_ms if req.thinking_deadline_ms is not None else self.thinking_deadline_ms
+        try:
+            limits = thinking_limits(mode, max_tokens, len(self.reasoning.end_sequence_ids),
+                                     reserve_fraction=self.answer_reserve, reserve=req.reasoning_answer_reserve,
+                                     deadline_ms=deadline)
+        except ValueError as e:
+            raise mode_error(e) from None
+        made: list[ThinkingBudgetProcessor] = []
+        if limits is not None:
+            factories.append(self.reasoning.budget_processor_factory(limits, req.thinking_budget_message, made))
         defaults = {}
         if self.traits.thinking_aware:
             defaults = REASONING_SAMPLING if mode.enabled else NON_REASONING_SAMPLING
-        return ChatPlan(mode, offered_tools(req.tools, req.tool_choice), factories, defaults, self.reasoning)
+        return ChatPlan(mode, offered_tools(req.tools, req.tool_choice), factories, defaults, self.reasoning, made)
 
     def render(self, messages: list[Message], mode: ReasoningMode, tools: list[dict[str, Any]] | None,
                chat_template_kwargs: dict[str, Any] | None, add_generation_prompt: bool = True) -> list[int]:
@@ -272,7 +291,7 @@ class OutputSplitter:
         """OpenAI's finish reason: `tool_calls` when a stopped output made calls."""
         return "tool_calls" if reason == "stop" and self._tools is not None and self._tools.calls else reason
 
-    def message(self, text: str) -> ChatMessageOut:
+    def message(self, text: str, reasoning_cut: str | None = None) -> ChatMessageOut:
         """The whole message of a non-streaming choice from its full text."""
         piece = self.feed(text)
         piece.extend(self.finish())
@@ -281,4 +300,5 @@ class OutputSplitter:
         out_calls = [ToolCallOut(id=c.id, function=FunctionCallOut(c.name, c.arguments)) for c in calls]
         # OpenAI sends content null beside tool calls when there is no text
         content = piece.content if piece.content or not calls else None
-        return ChatMessageOut("assistant", content, reasoning, reasoning, out_calls or UNSET)
+        return ChatMessageOut("assistant", content, reasoning, reasoning, out_calls or UNSET,
+                              reasoning_cut or UNSET)

@@ -61,6 +61,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _reserve_fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def _byte_size(text: str) -> int:
     """Bytes as a number with an optional unit: 1073741824, 4GiB, 512M."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?)?b?\s*", text, re.IGNORECASE)
@@ -99,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="share of GPU memory the engine may use when --kv-cache-memory is not set")
     common.add_argument("--tensor-parallel-size", "-tp", type=_positive_int,
                         help="split each layer over N ranks, one process per device (default 1)")
+    common.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                        help="reuse the KV cache of earlier prompts' shared prefixes (default: on)")
+    common.add_argument("--scheduling-policy", choices=("fcfs", "priority", "mode-aware"),
+                        help="fcfs (default): arrival order; priority: the request's `priority` (lower first); "
+                             "mode-aware: priority, then requests without reasoning first and preempted last")
     common.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="debug also shows tracebacks and ignored request fields")
 
@@ -116,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help='JSON object passed to the chat template, e.g. \'{"enable_thinking": false}\'')
     serve.add_argument("--max-thinking-tokens", type=_non_negative_int,
                        help="cap on every request's thinking tokens (its budget, or the budget when none is asked)")
+    serve.add_argument("--reasoning-answer-reserve", type=_reserve_fraction,
+                       help="share of max_tokens kept for the answer of a reasoning request, at least 16 tokens "
+                            "(default 0.25; 0 turns it off; a request's reasoning_answer_reserve, in tokens, wins)")
+    serve.add_argument("--thinking-deadline-ms", type=_non_negative_int,
+                       help="end every reasoning request's thinking this long after it arrives "
+                            "(a request's thinking_deadline_ms wins)")
     serve.add_argument("--max-request-body-bytes", type=_byte_size, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
                        help="larger bodies get 413 (default 4MiB)")
     serve.add_argument("--shutdown-timeout", type=_non_negative_float, default=30.0,
@@ -149,7 +167,7 @@ def _device(name: str) -> str:
 
 def _engine_args(args: argparse.Namespace) -> dict[str, Any]:
     names = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_memory",
-             "gpu_memory_utilization", "tensor_parallel_size")
+             "gpu_memory_utilization", "tensor_parallel_size", "enable_prefix_caching", "scheduling_policy")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -180,7 +198,9 @@ def serve_command(args: argparse.Namespace) -> None:
     app = create_app(None, served_model_names=names, api_key=args.api_key,
                      max_request_body_bytes=args.max_request_body_bytes,
                      default_chat_template_kwargs=args.default_chat_template_kwargs,
-                     max_thinking_tokens=args.max_thinking_tokens)
+                     max_thinking_tokens=args.max_thinking_tokens, thinking_deadline_ms=args.thinking_deadline_ms,
+                     **({} if args.reasoning_answer_reserve is None
+                        else {"reasoning_answer_reserve": args.reasoning_answer_reserve}))
     state = app.state.server
     server = DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level),
                             state, args.shutdown_timeout)

@@ -48,6 +48,13 @@ class EngineStatsCollector(Collector):
                                 value=int(stats.get("draining", False)))
         yield CounterMetricFamily("exaone:num_preemptions", "Sequences preempted (recomputed later).",
                                   value=stats["num_preemptions"])
+        yield CounterMetricFamily("exaone:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
+                                  value=stats["prefix_cache_queries"])
+        yield CounterMetricFamily("exaone:prefix_cache_hits", "Prompt tokens the prefix cache supplied.",
+                                  value=stats["prefix_cache_hits"])
+        yield GaugeMetricFamily("exaone:prefix_cache_hit_rate",
+                                "Share of looked-up prompt tokens the prefix cache supplied, since start.",
+                                value=stats["prefix_cache_hit_rate"])
         yield from _vllm_gauges(stats)
 
 
@@ -93,7 +100,15 @@ class ServerMetrics:
         self.request_success = Counter(
             "exaone:request_success", "Finished sequences (one per choice) by finish reason.",
             ["finished_reason"], registry=r)
+        self.reasoning_cuts = Counter(
+            "exaone:reasoning_cuts", "Choices whose thinking was ended early, by what ended it "
+            "(budget, answer_reserve, deadline).", ["reason"], registry=r)
         r.register(EngineStatsCollector(engine_stats))
+
+    def count_reasoning_cut(self, reason: str | None) -> None:
+        """Count one choice's thinking cut (nothing when the model ended it itself)."""
+        if reason is not None:
+            self.reasoning_cuts.labels(reason).inc()
 
     def track(self, num_prompt_tokens: int, num_choices: int) -> RequestTracker:
         """Start timing one engine request."""

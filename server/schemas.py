@@ -70,6 +70,7 @@ class SamplingRequest(Struct, kw_only=True):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    priority: int = 0  # vLLM's: lower values are scheduled first (with --scheduling-policy priority/mode-aware)
 
     @property
     def include_usage(self) -> bool:
@@ -91,6 +92,8 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
     thinking_token_budget: int | None = None
     thinking_budget: int | None = None  # alias of thinking_token_budget
     thinking_budget_message: str | None = None
+    reasoning_answer_reserve: int | None = None  # answer tokens kept out of max_tokens (default: the server's)
+    thinking_deadline_ms: int | None = None  # end thinking this long after arrival (default: the server's)
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool = True
@@ -137,6 +140,12 @@ class CompletionTokensDetails(Struct):
     reasoning_tokens: int
 
 
+class PromptTokensDetails(Struct):
+    """`usage.prompt_tokens_details`: how many prompt tokens the prefix cache supplied."""
+
+    cached_tokens: int
+
+
 class UsageInfo(Struct):
     """Token counts of a request (chat adds completion_tokens_details)."""
 
@@ -144,6 +153,7 @@ class UsageInfo(Struct):
     completion_tokens: int
     total_tokens: int
     completion_tokens_details: CompletionTokensDetails | UnsetType = UNSET
+    prompt_tokens_details: PromptTokensDetails | UnsetType = UNSET
 
 
 class TopLogprob(Struct):
@@ -182,6 +192,7 @@ class ChatMessageOut(Struct):
     reasoning_content: str | UnsetType = UNSET
     reasoning: str | UnsetType = UNSET
     tool_calls: list[ToolCallOut] | UnsetType = UNSET
+    reasoning_cut: str | UnsetType = UNSET  # what ended the thinking early: budget, answer_reserve, deadline
 
 
 class ChatChoice(Struct):
@@ -213,6 +224,7 @@ class DeltaMessage(Struct):
     reasoning_content: str | UnsetType = UNSET
     reasoning: str | UnsetType = UNSET
     tool_calls: list[DeltaToolCall] | UnsetType = UNSET
+    reasoning_cut: str | UnsetType = UNSET  # on the chunk that finishes a choice whose thinking was cut
 
 
 class ChatChunkChoice(Struct):

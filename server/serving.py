@@ -14,6 +14,7 @@ from fastapi import Request
 from engine.async_engine import AsyncEngine, EngineDead, EngineOverloaded
 from engine.errors import RequestRejected
 from engine.outputs import RequestOutput
+from engine.reasoning import DEFAULT_ANSWER_RESERVE
 from engine.sampling_params import SamplingParams
 from server.chat_modes import ChatModes, ProcessorFactory
 from server.errors import APIError, bad_request, from_validation, from_value_error
@@ -27,7 +28,7 @@ T = TypeVar("T")
 _SAMPLING_FIELDS = {f.name for f in fields(SamplingParams)}
 # Request fields copied to SamplingParams when given (None means "the engine's default").
 _OPTIONAL_SAMPLING = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "frequency_penalty",
-                      "repetition_penalty", "seed", "stop_token_ids")
+                      "repetition_penalty", "seed", "stop_token_ids", "priority")
 
 
 @dataclass
@@ -40,6 +41,8 @@ class ServerState:
     default_chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
     max_thinking_tokens: int | None = None
     engine: AsyncEngine | None = None
+    reasoning_answer_reserve: float = DEFAULT_ANSWER_RESERVE
+    thinking_deadline_ms: int | None = None
     modes: ChatModes | None = field(default=None, init=False)
     metrics: ServerMetrics = field(init=False)
     _logged_unknown: set[str] = field(default_factory=set, init=False, repr=False)
@@ -53,7 +56,8 @@ class ServerState:
 
     def attach(self, engine: AsyncEngine) -> None:
         """Serve `engine`; its mode pieces are built first, so an engine handlers see always has them."""
-        self.modes = ChatModes.for_engine(engine, self.default_chat_template_kwargs, self.max_thinking_tokens)
+        self.modes = ChatModes.for_engine(engine, self.default_chat_template_kwargs, self.max_thinking_tokens,
+                                          self.reasoning_answer_reserve, self.thinking_deadline_ms)
         self.engine = engine
 
     @property

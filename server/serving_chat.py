@@ -22,6 +22,7 @@ from server.schemas import (
     ChatLogprobs,
     CompletionTokensDetails,
     DeltaMessage,
+    PromptTokensDetails,
     TokenLogprobEntry,
     TopLogprob,
     UsageInfo,
@@ -63,9 +64,10 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
                               "max_completion_tokens")
         max_tokens = req.max_completion_tokens
     modes = state.ready_modes()
-    plan = modes.plan(req)
+    plan = modes.plan(req, max_tokens)
     params = state.sampling_params(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None,
                                    plan.sampling_defaults, plan.factories)
+    params.reasoning = plan.mode.enabled  # its lane under --scheduling-policy mode-aware
     prompt_ids = modes.render(req.messages, plan.mode, plan.tools, req.chat_template_kwargs)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     group = RequestGroup(state, request_id, [prompt_ids], params)
@@ -75,27 +77,30 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
                          lambda: _collect(state, req, plan, group, request_id, created))
 
 
-def _usage(plan: ChatPlan, group: RequestGroup, outputs: list[list[int]]) -> UsageInfo:
+def _usage(plan: ChatPlan, group: RequestGroup, outputs: list[list[int]], cached_tokens: int) -> UsageInfo:
     prompt_tokens = len(group.requests[0].prompt_ids)
     completion_tokens = sum(len(ids) for ids in outputs)
     reasoning_tokens = sum(plan.reasoning_tokens(ids) for ids in outputs)
     return UsageInfo(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens,
-                     CompletionTokensDetails(reasoning_tokens))
+                     CompletionTokensDetails(reasoning_tokens), PromptTokensDetails(cached_tokens))
 
 
 async def _collect(state: ServerState, req: ChatCompletionRequest, plan: ChatPlan, group: RequestGroup,
                    request_id: str, created: int) -> ChatCompletionResponse:
     samples = [CompletionOutput(i, "", []) for i in range(req.n)]
+    cached_tokens = 0
     async for _, out in group.outputs():
+        cached_tokens = out.num_cached_tokens
         for delta in out.outputs:
             samples[delta.index].extend(delta)
     choices = []
     for s in samples:
         splitter = plan.splitter()
-        message = splitter.message(s.text)
+        message = splitter.message(s.text, plan.reasoning_cut(s.index))
+        state.metrics.count_reasoning_cut(plan.reasoning_cut(s.index))
         logprobs = chat_logprobs(state, s.logprobs or []) if req.logprobs else None
         choices.append(ChatChoice(s.index, message, logprobs, splitter.finish_reason(s.finish_reason), s.stop_reason))
-    usage = _usage(plan, group, [s.token_ids for s in samples])
+    usage = _usage(plan, group, [s.token_ids for s in samples], cached_tokens)
     return ChatCompletionResponse(request_id, created, state.model_name, choices, usage)
 
 
@@ -111,8 +116,10 @@ async def _stream(state: ServerState, req: ChatCompletionRequest, plan: ChatPlan
         yield chunk(ChatChunkChoice(i, DeltaMessage(role="assistant", content="")))
     splitters = [plan.splitter() for _ in range(req.n)]
     outputs: list[list[int]] = [[] for _ in range(req.n)]
+    cached_tokens = 0
     try:
         async for _, out in group.outputs():
+            cached_tokens = out.num_cached_tokens
             for delta in out.outputs:
                 splitter = splitters[delta.index]
                 outputs[delta.index] += delta.token_ids
@@ -123,11 +130,13 @@ async def _stream(state: ServerState, req: ChatCompletionRequest, plan: ChatPlan
                 if piece or logprobs is not None:
                     yield chunk(ChatChunkChoice(delta.index, piece.delta(), logprobs))
                 if delta.finish_reason is not None:
-                    yield chunk(ChatChunkChoice(delta.index, DeltaMessage(),
+                    cut = plan.reasoning_cut(delta.index)
+                    state.metrics.count_reasoning_cut(cut)
+                    yield chunk(ChatChunkChoice(delta.index, DeltaMessage(reasoning_cut=cut or UNSET),
                                                 finish_reason=splitter.finish_reason(delta.finish_reason)))
     except Exception as e:
         yield error_event(e)
     if req.include_usage:
         yield event(ChatCompletionChunk(request_id, created, state.model_name, [],
-                                        usage=_usage(plan, group, outputs)))
+                                        usage=_usage(plan, group, outputs, cached_tokens)))
     yield DONE

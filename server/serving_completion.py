@@ -17,6 +17,7 @@ from server.schemas import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    PromptTokensDetails,
     UsageInfo,
 )
 from server.serving import RequestGroup, ServerState
@@ -93,9 +94,10 @@ async def create_completion(state: ServerState, request: Request) -> Response:
                          lambda: _collect(state, req, group, echoes, request_id, created))
 
 
-def _usage(group: RequestGroup, completion_tokens: int) -> UsageInfo:
+def _usage(group: RequestGroup, completion_tokens: int, cached_tokens: dict[int, int]) -> UsageInfo:
     prompt_tokens = sum(len(r.prompt_ids) for r in group.requests)
-    return UsageInfo(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+    return UsageInfo(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens,
+                     prompt_tokens_details=PromptTokensDetails(sum(cached_tokens.values())))
 
 
 async def _collect(state: ServerState, req: CompletionRequest, group: RequestGroup, echoes: list[str],
@@ -103,7 +105,9 @@ async def _collect(state: ServerState, req: CompletionRequest, group: RequestGro
     n = req.n
     samples = [CompletionOutput(i, "", []) for i in range(n * len(echoes))]
     scored: list[RequestOutput | None] = [None] * len(echoes)  # the output that carried prompt logprobs
+    cached_tokens: dict[int, int] = {}  # per prompt
     async for prompt, out in group.outputs():
+        cached_tokens[prompt] = out.num_cached_tokens
         if out.prompt_logprobs is not None:
             scored[prompt] = out
         for delta in out.outputs:
@@ -118,7 +122,7 @@ async def _collect(state: ServerState, req: CompletionRequest, group: RequestGro
 
     choices = [CompletionChoice(i, echoes[i // n] + s.text, logprobs(i, s), s.finish_reason, s.stop_reason)
                for i, s in enumerate(samples)]
-    usage = _usage(group, sum(len(s.token_ids) for s in samples))
+    usage = _usage(group, sum(len(s.token_ids) for s in samples), cached_tokens)
     return CompletionResponse(request_id, created, state.model_name, choices, usage=usage)
 
 
@@ -137,8 +141,10 @@ async def _stream(state: ServerState, req: CompletionRequest, group: RequestGrou
             yield chunk(CompletionChoice(i, echoes[i // n], None, None))
     offsets = [len(echoes[i // n]) for i in range(n * len(echoes))]
     completion_tokens = 0
+    cached_tokens: dict[int, int] = {}
     try:
         async for prompt, out in group.outputs():
+            cached_tokens[prompt] = out.num_cached_tokens
             if echo_later and out.prompt_logprobs is not None:
                 echoed = echo_logprobs(state, out)
                 for i in range(prompt * n, prompt * n + n):
@@ -155,5 +161,5 @@ async def _stream(state: ServerState, req: CompletionRequest, group: RequestGrou
     except Exception as e:
         yield error_event(e)
     if req.include_usage:
-        yield event(CompletionResponse(request_id, created, state.model_name, [], usage=_usage(group, completion_tokens)))
+        yield event(CompletionResponse(request_id, created, state.model_name, [], usage=_usage(group, completion_tokens, cached_tokens)))
     yield DONE

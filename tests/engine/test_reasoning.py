@@ -1,20 +1,26 @@
 """Reasoning mode: the switch and its precedence, prompts, the thinking budget on a tiny EXAONE, the splitter."""
 
 import itertools
+import time
 
 import pytest
 import torch
 from fixtures_exaone import exaone_tokenizer, make_exaone_model
 
+import engine.reasoning as reasoning_module
 from engine import LLM, SamplingParams
 from engine.chat_templates import render_chat_prompt, template_traits
 from engine.reasoning import (
+    ANSWER_RESERVE_FLOOR,
     EFFORT,
     ReasoningConfig,
+    ReasoningMode,
     ReasoningParser,
+    ThinkingLimits,
     count_reasoning_tokens,
     resolve_reasoning,
     split_reasoning,
+    thinking_limits,
 )
 
 ON, OFF = "[|assistant|]\n<think>\n", "[|assistant|]\n<think>\n\n</think>\n\n"
@@ -226,3 +232,75 @@ def test_parser_holds_back_only_possible_tags():
     assert parser.feed("nk>\n") == ("", "")
     assert parser.feed("\nHi <") == ("", "Hi ")
     assert parser.feed("3") == ("", "<3")
+
+
+# ---- answer reserve and thinking deadline -------------------------------------------------------
+
+def test_answer_reserve_leaves_room_for_the_answer_and_a_request_may_override_it():
+    on = ReasoningMode(True, None)
+    assert thinking_limits(ReasoningMode(False, None), 100, 2) is None
+    assert thinking_limits(on, None, 2) is None  # nothing to reserve from, nothing else set
+    assert thinking_limits(on, 100, 2) == (100 - 25 - 2, "answer_reserve", None)  # a quarter of max_tokens
+    assert thinking_limits(on, 40, 2) == (40 - ANSWER_RESERVE_FLOOR - 2, "answer_reserve", None)  # the floor
+    assert thinking_limits(on, 10, 2) == (0, "answer_reserve", None)  # no room: end thinking at once
+    assert thinking_limits(ReasoningMode(True, 30), 1000, 2) == (30, "budget", None)  # the budget is tighter
+    assert thinking_limits(on, 100, 2, reserve=50) == (48, "answer_reserve", None)
+    assert thinking_limits(on, 100, 2, reserve=0) is None  # the request turned it off
+    assert thinking_limits(on, 100, 2, reserve_fraction=0.0) is None  # the server turned it off
+    limits = thinking_limits(on, None, 2, deadline_ms=1500, arrival=10.0)
+    assert limits == (None, "budget", 11.5)
+    for fields, name in (({"reserve": -1}, "reasoning_answer_reserve"), ({"deadline_ms": -5}, "thinking_deadline_ms")):
+        with pytest.raises(ValueError, match=name):
+            thinking_limits(on, 10, 2, **fields)
+
+
+def _thinking_prompt(llm: LLM) -> list[int]:
+    return llm.tokenizer.encode(render_chat_prompt(llm.tokenizer.hf, MESSAGES, enable_thinking=True),
+                                add_special_tokens=False)
+
+
+def _cut_runs(llm: LLM, config: ReasoningConfig, limits: list[ThinkingLimits], max_tokens: int):
+    """Seeded samples under each limit: (processor, output) pairs."""
+    made: list = []
+    params = [SamplingParams(max_tokens=max_tokens, temperature=1.0, seed=11,
+                             logits_processor_factories=[config.budget_processor_factory(lim, made=made)])
+              for lim in limits]
+    outs = llm.generate(prompt_token_ids=[_thinking_prompt(llm)] * len(limits), sampling_params=params)
+    return list(zip(made, [o.outputs[0] for o in outs], strict=True))
+
+
+class StepClock:
+    """A stand-in for time.monotonic in engine.reasoning: each call is one step of 10 ms later."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        self.now += 0.01
+        return self.now
+
+
+def test_a_deadline_cuts_thinking_that_never_ends_and_an_answer_follows(exaone_llm, config, monkeypatch):
+    # The random tiny model never closes its thinking on its own: only the deadline can. The processor reads
+    # the clock once per thinking step, so a deadline of 0.5 s on this clock falls after 49 thinking tokens.
+    monkeypatch.setattr(reasoning_module, "time", StepClock())
+    (processor, sample), = _cut_runs(exaone_llm, config, [ThinkingLimits(None, "budget", 0.5)], max_tokens=200)
+    assert processor.cut == "deadline"
+    assert count_reasoning_tokens(sample.token_ids, config) == 49 + len(config.end_sequence_ids)
+    reasoning, content = split_reasoning(sample.text, enabled=True)
+    assert content.strip() and reasoning
+
+
+def test_deadline_zero_is_budget_zero_and_the_first_limit_wins(exaone_llm, config):
+    now = time.monotonic()
+    runs = _cut_runs(exaone_llm, config, [
+        ThinkingLimits(0, "budget", None),
+        ThinkingLimits(None, "budget", now),  # a deadline of 0 ms
+        ThinkingLimits(5, "budget", now + 3600),  # the budget comes first
+        ThinkingLimits(10_000, "budget", now),  # the deadline comes first
+    ], max_tokens=40)
+    assert [p.cut for p, _ in runs] == ["budget", "deadline", "budget", "deadline"]
+    assert runs[0][1].token_ids == runs[1][1].token_ids == runs[3][1].token_ids
+    forced = len(config.end_sequence_ids)
+    assert count_reasoning_tokens(runs[0][1].token_ids, config) == forced
+    assert count_reasoning_tokens(runs[2][1].token_ids, config) == 5 + forced

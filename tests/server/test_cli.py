@@ -31,7 +31,7 @@ def base_url(tiny_models):
     proc = subprocess.Popen(
         [EXAONE_SERVE, "serve", "--model", str(tiny_models["llama"]), "--served-model-name", MODEL,
          "--port", str(port), "--api-key", KEY, "--max-num-seqs", "1", "--max-queued-requests", "2",
-         "--log-level", "warning"],
+         "--no-enable-prefix-caching", "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -58,6 +58,14 @@ def test_auth_guards_the_api_but_not_health_or_metrics(base_url):
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
     assert [m.id for m in client.models.list().data] == [MODEL]
     assert client.chat.completions.create(**chat).usage.completion_tokens >= 1
+
+
+def test_prefix_caching_turns_off_by_flag(base_url):
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
+    chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi " * 40}], "max_tokens": 2}
+    usages = [client.chat.completions.create(**chat).usage for _ in range(2)]
+    assert usages[1].prompt_tokens_details.cached_tokens == 0
+    assert metric(base_url, "exaone:prefix_cache_queries_total") == 0
 
 
 def test_burst_past_the_queue_bound_gets_503_and_never_hangs(base_url):
@@ -119,6 +127,9 @@ def test_generate_prints_the_completion():
     (["serve", "--default-chat-template-kwargs", "[1]"], "JSON object"),
     (["serve", "--default-chat-template-kwargs", '{"enable_thinking": "yes"}'], "enable_thinking must be a boolean"),
     (["serve", "--max-thinking-tokens", "-1"], "--max-thinking-tokens"),
+    (["serve", "--reasoning-answer-reserve", "1.5"], "--reasoning-answer-reserve"),
+    (["serve", "--thinking-deadline-ms", "-1"], "--thinking-deadline-ms"),
+    (["serve", "--scheduling-policy", "lifo"], "--scheduling-policy"),
     (["generate", "--model", "{tiny}", "--max-model-len", "8", "hello " * 20], "max_model_len (8)"),
 ])
 def test_errors_are_one_line_and_exit_1(tiny_models, args, expected):

@@ -1,4 +1,5 @@
-"""Mode switching through HTTP on a tiny random EXAONE 4.0: the switch, budgets, defaults, tool turns, bad input."""
+"""Mode switching through HTTP on a tiny random EXAONE 4.0: the switch, budgets, answer reserve and deadline,
+defaults, tool turns, bad input."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import io
 import httpx2
 import pytest
 from fixtures_exaone import make_exaone_model
-from harness import assert_openai_error, live_server, make_engine
+from harness import assert_openai_error, live_server, make_engine, metric
 from openai import OpenAI
 
 from clients.chat import ChatSession
@@ -120,8 +121,9 @@ def test_server_cap_limits_a_larger_request_budget(engine, thinking_url):
 
 def test_effort_brings_its_default_budget(client, engine):
     budget = EFFORT["minimal"][1]
+    # (no answer reserve: max_tokens leaves the whole budget to thinking)
     r = client.chat.completions.create(model=MODEL, messages=HI, max_tokens=budget + forced_length(engine) + 8,
-                                       seed=2, reasoning_effort="minimal")
+                                       seed=2, reasoning_effort="minimal", extra_body={"reasoning_answer_reserve": 0})
     assert budget <= r.usage.completion_tokens_details.reasoning_tokens <= budget + forced_length(engine)
     assert r.choices[0].message.content
 
@@ -192,8 +194,67 @@ def test_bad_mode_fields_are_400_naming_the_field(base_url, case):
 
 def test_chat_client_shows_reasoning_and_keeps_only_answers(client):
     out = io.StringIO()
-    session = ChatSession(client, MODEL, max_tokens=12, reasoning=True, budget=3, out=out)
+    session = ChatSession(client, MODEL, max_tokens=24, reasoning=True, budget=3, out=out)  # 16 kept for the answer
     answer = session.send("Hi?")
     assert answer and out.getvalue().rstrip("\n").endswith(answer)
     assert len(out.getvalue()) > len(answer) + 1  # the reasoning came first
     assert session.history[-1] == {"role": "assistant", "content": answer}
+
+
+# ---- answer reserve and thinking deadline (the tiny random model never closes its thinking itself) ----
+
+def reasoning_chat(client: OpenAI, **fields):
+    kwargs = {"model": MODEL, "messages": HI, "temperature": 1.0, "seed": 5, "logprobs": True}
+    extra = {"reasoning": True, **fields.pop("extra", {})}
+    return client.chat.completions.create(**kwargs, **fields, extra_body=extra)
+
+
+def tokens(response) -> list[str]:
+    return [e.token for e in response.choices[0].logprobs.content]
+
+
+def test_small_max_tokens_still_gets_an_answer_streamed_or_not(client, base_url):
+    before = metric(base_url, "exaone:reasoning_cuts_total", reason="answer_reserve")
+    whole = reasoning_chat(client, max_tokens=24)
+    message = whole.choices[0].message
+    assert message.content and message.reasoning_cut == "answer_reserve"
+    # 24 tokens: at least 16 kept for the answer, so thinking plus the forced `</think>\n\n` took at most 8
+    assert whole.usage.completion_tokens_details.reasoning_tokens <= 8
+    chunks = list(reasoning_chat(client, max_tokens=24, stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(d.content or "" for d in deltas) == message.content
+    assert [d.reasoning_cut for d in deltas if getattr(d, "reasoning_cut", None)] == ["answer_reserve"]
+    assert metric(base_url, "exaone:reasoning_cuts_total", reason="answer_reserve") - before == 2
+    # The request may turn the reserve off: then nothing cuts the thinking (the tiny model never ends it).
+    free = reasoning_chat(client, max_tokens=24, extra={"reasoning_answer_reserve": 0})
+    assert free.choices[0].message.content in (None, "") and free.choices[0].finish_reason == "length"
+    assert getattr(free.choices[0].message, "reasoning_cut", None) is None
+
+
+def test_deadline_zero_is_budget_zero_and_a_deadline_cuts_long_thinking(client, base_url):
+    budget = reasoning_chat(client, max_tokens=40, extra={"thinking_token_budget": 0})
+    deadline = reasoning_chat(client, max_tokens=40, extra={"thinking_deadline_ms": 0})
+    assert tokens(deadline) == tokens(budget)
+    assert [r.choices[0].message.reasoning_cut for r in (budget, deadline)] == ["budget", "deadline"]
+    before = metric(base_url, "exaone:reasoning_cuts_total", reason="deadline")
+    # (how much thinking fits in 150 ms depends on the machine; tests/engine cuts a long trace exactly)
+    long = reasoning_chat(client, max_tokens=400, extra={"thinking_deadline_ms": 150, "reasoning_answer_reserve": 0})
+    message = long.choices[0].message
+    assert message.reasoning_cut == "deadline" and message.content
+    assert metric(base_url, "exaone:reasoning_cuts_total", reason="deadline") - before == 1
+    both = reasoning_chat(client, max_tokens=40, extra={"thinking_token_budget": 3, "thinking_deadline_ms": 60_000})
+    assert both.choices[0].message.reasoning_cut == "budget"
+
+
+def test_server_default_deadline_and_bad_fields(engine, client):
+    app = create_app(engine, served_model_names=[MODEL], thinking_deadline_ms=0)
+    with live_server(app) as url:
+        other = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        assert reasoning_chat(other, max_tokens=40).choices[0].message.reasoning_cut == "deadline"
+        assert reasoning_chat(other, max_tokens=40, extra={"thinking_deadline_ms": 60_000,
+                                                  "reasoning_answer_reserve": 0,
+                                                  "thinking_token_budget": 2}).choices[0].message.reasoning_cut \
+            == "budget"
+    for field in ("thinking_deadline_ms", "reasoning_answer_reserve"):
+        with pytest.raises(Exception, match=field):
+            reasoning_chat(client, max_tokens=8, extra={field: -1})
