@@ -176,3 +176,5 @@ class EngineConfig:
     block_size: int = 16
     kv_cache_memory: int | None = None  # bytes; CPU default picks a budget from max_model_len
     gpu_memory_utilization: float = 0.9
+    attention_backend: str = "auto"  # auto: triton on CUDA, torch elsewhere
+    enforce_eager: bool = False  # True: no CUDA graphs for decode batches

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import torch
 
-from engine.attention import TorchAttentionBackend
+from engine.attention import make_attention_backend
 from engine.config import EngineConfig, ModelConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import RequestRejected
@@ -63,14 +63,16 @@ class LLMEngine:
         torch.set_default_dtype(self.dtype)
         try:
             with self.device:
-                self.model = HybridTransformer(mcfg, TorchAttentionBackend(), cfg.max_model_len)
+                backend = make_attention_backend(cfg.attention_backend, self.device, mcfg.num_heads,
+                                                 mcfg.head_dim, cfg.max_num_seqs)
+                self.model = HybridTransformer(mcfg, backend, cfg.max_model_len)
         finally:
             torch.set_default_dtype(default_dtype)
         self.model.load_weights(iter_weights(path, self.dtype, progress=progress))
         self.model.eval()
 
         self.kv = self._make_kv_manager()
-        self.runner = ModelRunner(self.model, self.kv, self.dtype, self.device)
+        self.runner = ModelRunner(self.model, self.kv, self.dtype, self.device, cfg)
         self.scheduler = Scheduler(cfg, self.kv)
         self.sampler = Sampler(self.eos_token_ids)
         self.requests: dict[str, list[Sequence]] = {}

@@ -88,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--kv-cache-memory", type=_byte_size, help="KV-cache size in bytes (4GiB, 512MiB)")
     common.add_argument("--gpu-memory-utilization", type=_fraction,
                         help="share of GPU memory the engine may use when --kv-cache-memory is not set")
+    common.add_argument("--attention-backend", choices=("auto", "torch", "triton"),
+                        help="auto (default): triton on CUDA, torch on CPU")
+    common.add_argument("--enforce-eager", action="store_true", default=None,
+                        help="no CUDA graphs for decode steps")
     common.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="debug also shows tracebacks and ignored request fields")
 
@@ -131,7 +135,7 @@ def _device(name: str) -> str:
 
 def _engine_args(args: argparse.Namespace) -> dict[str, Any]:
     names = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_memory",
-             "gpu_memory_utilization")
+             "gpu_memory_utilization", "attention_backend", "enforce_eager")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
