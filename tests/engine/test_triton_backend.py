@@ -35,3 +35,28 @@ def test_triton_on_cpu_without_interpreter_says_why(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="needs a CUDA device"):
         make_attention_backend("triton", torch.device("cpu"), 4, 16, 2)
+
+
+def test_padded_decode_batch_writes_and_changes_nothing(tiny_models):
+    """What a captured decode graph runs: padding rows (slot -1, seq_len 0) leave real rows and caches alone."""
+    llm = LLM(model=str(tiny_models["exaone_hybrid"]), attention_backend="triton", progress=False, max_num_seqs=8)
+    engine = llm.engine
+    for i, prompt in enumerate(random_prompts(49152, [11, 6, 9], seed=7)):
+        engine.add_request(f"r{i}", prompt, SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True))
+    engine.step()  # prefills all three; the next batch is three decodes
+    batch = engine.scheduler.schedule()
+    assert batch.num_new_tokens == [1, 1, 1]
+    runner = engine.runner
+    results = []
+    for padded in (3, 8):
+        caches = [c.clone() for c in runner.layer_caches]
+        meta, ids = runner.prepare(batch, padded)
+        assert (meta.layouts["sliding"].slot_mapping[3:] < 0).all() and not meta.seq_lens[3:].any()
+        with torch.inference_mode():
+            hidden = runner.model(ids, meta, caches)
+        assert torch.isfinite(hidden).all()
+        results.append((hidden[:3], caches))
+    (plain, plain_caches), (padded, padded_caches) = results
+    torch.testing.assert_close(padded, plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(plain_caches, padded_caches, strict=True):  # a padding write would differ by O(1)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
