@@ -2,11 +2,9 @@
 
 import pytest
 import torch
-from paged_case import make_case
 
-from engine.attention import TorchAttentionBackend
-from kernels.attention import SplitKScratch, paged_attention
-from kernels.cache import write_kv_cache
+from kernels.attention import paged_attention
+from kernels.testing import make_case, run_reference, run_triton
 
 # (contexts, new tokens per sequence): decodes first, then prefill chunks.
 BATCHES = {
@@ -17,18 +15,7 @@ BATCHES = {
 
 
 def run_both(case, scale, segments=0, tile_n=16):
-    expected = TorchAttentionBackend().forward(case.q, case.k, case.v, case.finite_cache(), case.layout,
-                                               case.window, case.meta, scale)
-    cache = case.kv_cache.clone()
-    write_kv_cache(case.k, case.v, cache, case.layout.slot_mapping)
-    out = torch.full_like(case.q, float("nan"))
-    num_heads, head_dim = case.q.shape[1:]
-    scratch = SplitKScratch(case.q.shape[0], num_heads, head_dim, segments, case.q.device) if segments else None
-    decode_only = case.meta.num_decodes == len(case.meta.seq_lens_host)
-    paged_attention(case.q, cache, case.layout.block_tables, case.meta.seq_lens, case.meta.query_start_loc, scale,
-                    case.window, case.layout.ring_blocks, out=out, scratch=scratch,
-                    max_query_len=1 if decode_only else None, tile_n=tile_n)
-    return out, expected
+    return run_triton(case, scale, segments, tile_n), run_reference(case, scale)
 
 
 def assert_close(out, expected):

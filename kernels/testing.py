@@ -1,4 +1,4 @@
-"""Random paged and ring KV layouts for kernel tests, with every slot nobody wrote poisoned with NaN."""
+"""Random paged and ring KV batches for kernel tests and the GPU check; slots nobody wrote hold NaN."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.attention import AttentionMetadata, KVLayout
+from engine.attention import AttentionMetadata, KVLayout, TorchAttentionBackend
 from engine.kv_cache import ring_size
+from kernels.attention import SplitKScratch, paged_attention
+from kernels.cache import write_kv_cache
 
 
 @dataclass
@@ -27,13 +29,20 @@ class PagedCase:
         """The same cache with NaN replaced by finite garbage: what the torch twin may gather and mask."""
         return torch.nan_to_num(self.kv_cache, nan=7.0)
 
+    def to(self, dtype: torch.dtype) -> PagedCase:
+        """The same batch in another dtype (e.g. an fp32 reference for a bf16 run)."""
+        return PagedCase(self.q.to(dtype), self.k.to(dtype), self.v.to(dtype), self.kv_cache.to(dtype),
+                         self.layout, self.meta, self.window)
+
 
 def make_case(contexts: list[int], q_lens: list[int], num_heads: int, num_kv_heads: int, head_dim: int,
-              window: int | None = None, block_size: int = 4, max_chunk: int = 16, seed: int = 0) -> PagedCase:
+              window: int | None = None, block_size: int = 4, max_chunk: int = 16, seed: int = 0,
+              dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> PagedCase:
     """Sequences with contexts[i] cached tokens and q_lens[i] new ones (decodes must come first).
 
     Global pools get one random block per logical block; sliding pools a ring of
     ring_size(window, block_size, max_chunk) entries holding only the blocks the window still needs.
+    Built on the CPU in fp32, then moved to device and dtype.
     """
     g = torch.Generator().manual_seed(seed)
     ring = None if window is None else ring_size(window, block_size, max_chunk)
@@ -63,13 +72,31 @@ def make_case(contexts: list[int], q_lens: list[int], num_heads: int, num_kv_hea
     slots = tables[seq_idx, entry] * block_size + positions % block_size
     cu = torch.zeros(len(q_lens) + 1, dtype=torch.int64)
     cu[1:] = torch.cumsum(torch.tensor(q_lens, dtype=torch.int64), 0)
-    layout = KVLayout(tables, slots, ring)
+    layout = KVLayout(tables.to(device), slots.to(device), ring)
     meta = AttentionMetadata(
-        query_start_loc=cu, seq_lens=torch.tensor(seq_lens, dtype=torch.int64), positions=positions,
-        layouts={"pool": layout}, num_decodes=sum(1 for n in q_lens if n == 1),
+        query_start_loc=cu.to(device), seq_lens=torch.tensor(seq_lens, dtype=torch.int64, device=device),
+        positions=positions.to(device), layouts={"pool": layout}, num_decodes=sum(1 for n in q_lens if n == 1),
         query_start_loc_host=cu.tolist(), seq_lens_host=seq_lens,
     )
-    q = torch.randn(num_tokens, num_heads, head_dim, generator=g)
-    k = torch.randn(num_tokens, num_kv_heads, head_dim, generator=g)
-    v = torch.randn(num_tokens, num_kv_heads, head_dim, generator=g)
-    return PagedCase(q, k, v, cache, layout, meta, window)
+    q, k, v = (torch.randn(num_tokens, heads, head_dim, generator=g).to(device, dtype)
+               for heads in (num_heads, num_kv_heads, num_kv_heads))
+    return PagedCase(q, k, v, cache.to(device, dtype), layout, meta, window)
+
+
+def run_triton(case: PagedCase, scale: float, segments: int = 0, tile_n: int = 32) -> torch.Tensor:
+    """Cache write then attention with the Triton kernels, into a NaN-poisoned output; segments > 0: split-K."""
+    cache = case.kv_cache.clone()
+    write_kv_cache(case.k, case.v, cache, case.layout.slot_mapping)
+    out = torch.full_like(case.q, float("nan"))
+    num_heads, head_dim = case.q.shape[1:]
+    scratch = SplitKScratch(case.q.shape[0], num_heads, head_dim, segments, case.q.device) if segments else None
+    decode_only = case.meta.num_decodes == len(case.meta.seq_lens_host)
+    return paged_attention(case.q, cache, case.layout.block_tables, case.meta.seq_lens, case.meta.query_start_loc,
+                           scale, case.window, case.layout.ring_blocks, out=out, scratch=scratch,
+                           max_query_len=1 if decode_only else None, tile_n=tile_n)
+
+
+def run_reference(case: PagedCase, scale: float) -> torch.Tensor:
+    """The torch backend (the kernel's twin) on the same batch, over a finite copy of the cache."""
+    return TorchAttentionBackend().forward(case.q, case.k, case.v, case.finite_cache(), case.layout, case.window,
+                                           case.meta, scale)
