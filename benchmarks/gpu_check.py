@@ -193,6 +193,20 @@ def bench_decode_attention(s: Shapes, device: torch.device, bench: Bench, copy_g
     return rows
 
 
+def sweep_decode_tiles(s: Shapes, device: torch.device, bench: Bench, copy_gbps: float) -> list[dict]:
+    """(b) the key-tile width of the decode kernel on the longest global contexts, to tune its default."""
+    backend = TritonAttentionBackend(device, s.heads, s.head_dim, max(s.decode_batches))
+    context = max(s.decode_contexts)
+    rows = []
+    for batch in s.decode_batches[:2]:
+        for tile_n in (16, 32, 64, 128):
+            backend.tile_n = tile_n
+            ms = time_decode(s, backend, batch, context, None, device, bench)
+            gbps = batch * context * s.kv_heads * s.head_dim * 2 * 2 / ms / 1e6
+            rows.append({"batch": batch, "context": context, "tile_n": tile_n, "ms": ms, "of_copy": gbps / copy_gbps})
+    return rows
+
+
 def time_decode(s: Shapes, backend: TritonAttentionBackend, batch: int, context: int, window: int | None,
                 device: torch.device, bench: Bench) -> float:
     """Milliseconds of one decode attention layer (cache write included) through the backend."""
@@ -284,8 +298,9 @@ def build_runner(hf: dict, device: torch.device, max_num_seqs: int, max_tokens: 
     kinds = [spec.kv_kind for spec in mcfg.layers]
     pools = {kind: PoolSpec(kinds.count(kind), mcfg.sliding_window if kind == "sliding" else None)
              for kind in set(kinds)}
-    need = {kind: max_num_seqs * (ring_size(spec.window, block_size, chunk) if spec.window
-                                  else -(-max_tokens // block_size)) for kind, spec in pools.items()}
+    per_seq = -(-max_tokens // block_size)
+    need = {kind: max_num_seqs * (min(per_seq, ring_size(spec.window, block_size, chunk)) if spec.window
+                                  else per_seq) for kind, spec in pools.items()}
     kv = KVCacheManager(pools, need, block_size, chunk)
     return ModelRunner(model, kv, torch.bfloat16, device, config)
 
@@ -389,7 +404,8 @@ def main(argv: list[str] | None = None) -> dict:
     sections = {
         "a": ("(a) kernels in bf16 vs fp32 torch twins", lambda: check_accuracy(s, device)),
         "b": ("(b) decode attention, GB/s vs copy", lambda: bench_decode_attention(s, device, bench, copy_gbps)),
-        "b2": ("(b) prefill attention, TFLOP/s", lambda: bench_prefill_attention(s, device, bench)),
+        "b2": ("(b) decode tile width sweep, global", lambda: sweep_decode_tiles(s, device, bench, copy_gbps)),
+        "b3": ("(b) prefill attention, TFLOP/s", lambda: bench_prefill_attention(s, device, bench)),
         "c": ("(c) 1.2B-shaped decode, eager vs CUDA graphs", lambda: bench_model_decode(s, device, bench, copy_gbps)),
         "d": ("(d) 32B-shaped layer pair, chunked prefill", lambda: check_long_prefill(s, device, bench)),
     }

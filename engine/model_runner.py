@@ -29,7 +29,7 @@ class ModelRunner:
     """Owns the KV cache tensors; builds positions, slot mappings and block tables for each step."""
 
     def __init__(self, model: HybridTransformer, kv: KVCacheManager, dtype: torch.dtype,
-                 device: torch.device, config: EngineConfig | None = None) -> None:
+                 device: torch.device, config: EngineConfig) -> None:
         self.model, self.kv, self.device = model, kv, device
         cfg = model.cfg
         shape = (cfg.num_kv_heads, cfg.head_dim)
@@ -45,7 +45,7 @@ class ModelRunner:
             counters[spec.kv_kind] += 1
         self.buffers: dict[str, torch.Tensor] = {}
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        if device.type == "cuda" and config is not None:
+        if device.type == "cuda":
             self._allocate_buffers(config)
             backend = model.model.layers[0].self_attn.backend
             if not config.enforce_eager and not isinstance(backend, TorchAttentionBackend):

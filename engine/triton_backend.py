@@ -30,6 +30,7 @@ class TritonAttentionBackend(AttentionBackend):
         self.num_sms = (torch.cuda.get_device_properties(device).multi_processor_count
                         if device.type == "cuda" else 4)
         self.scratch = SplitKScratch(max_num_seqs, num_heads, head_dim, SPLIT_K_SEGMENTS, device)
+        self.tile_n = 32  # keys per inner-loop tile; benchmarks/gpu_check.py sweeps it
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
                 layout: KVLayout, window: int | None, meta: AttentionMetadata, scale: float) -> torch.Tensor:
@@ -39,4 +40,4 @@ class TritonAttentionBackend(AttentionBackend):
         split = decode_only and num_seqs * kv_cache.shape[3] < self.num_sms
         return paged_attention(q, kv_cache, layout.block_tables, meta.seq_lens, meta.query_start_loc, scale,
                                window, layout.ring_blocks, scratch=self.scratch if split else None,
-                               max_query_len=1 if decode_only else None)
+                               max_query_len=1 if decode_only else None, tile_n=self.tile_n)

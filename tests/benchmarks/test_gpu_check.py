@@ -30,7 +30,8 @@ def test_dry_run_writes_every_section(tmp_path):
     assert report["a"] and all(row["ok"] for row in report["a"]), report["a"]
     assert {(r["layer"], r["batch"], r["context"]) for r in report["b"]} == {
         (kind, b, c) for kind in ("global", "local") for b in (1, 3) for c in (8, 40)}
-    assert {r["impl"] for r in report["b2"]} >= {"triton", "sdpa"}
+    assert [r["tile_n"] for r in report["b2"]] == [16, 32, 64, 128] * 2
+    assert {r["impl"] for r in report["b3"]} >= {"triton", "sdpa"}
     assert [(r["batch"], r["mode"]) for r in report["c"]] == [(1, "eager"), (2, "eager")]  # no graphs on CPU
     assert report["d"][0]["tokens"] == 40
     assert "### (d) 32B-shaped layer pair" in proc.stdout
