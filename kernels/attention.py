@@ -174,6 +174,8 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch
         block_m = max(block_m, 64)
     block_q = block_m // group
     segments = scratch.num_segments if scratch is not None else 1
+    if scratch is not None and num_tokens > scratch.out.shape[0]:
+        raise ValueError(f"split-K scratch holds {scratch.out.shape[0]} tokens, the batch has {num_tokens}")
     grid = (num_tokens // block_q + num_seqs, num_kv_heads, segments)
     k_cache, v_cache = kv_cache[0], kv_cache[1]
     partials = (out, out, out) if scratch is None else (scratch.out, scratch.max, scratch.sum)
