@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from kernels import reference
+
 
 @dataclass
 class KVLayout:
@@ -36,7 +38,15 @@ class AttentionMetadata:
 
 
 class AttentionBackend(ABC):
-    """Writes a layer's new K/V into its cache and attends over what the cache holds."""
+    """Writes a layer's new K/V into its cache and attends over what the cache holds.
+
+    A backend also brings the fused small ops the model runs around attention; by default their
+    torch twins (kernels.reference), which are what the CPU path runs.
+    """
+
+    rms_norm = staticmethod(reference.rms_norm)
+    qk_norm_rope = staticmethod(reference.qk_norm_rope)
+    silu_and_mul = staticmethod(reference.silu_and_mul)
 
     @abstractmethod
     def forward(
@@ -87,9 +97,7 @@ class TorchAttentionBackend(AttentionBackend):
     """Reference backend in plain torch ops: decodes batched together, each prefill chunk on its own."""
 
     def forward(self, q, k, v, kv_cache, layout, window, meta, scale):
-        num_kv_heads, head_dim = kv_cache.shape[3], kv_cache.shape[4]
-        kv_cache[0].view(-1, num_kv_heads, head_dim).index_copy_(0, layout.slot_mapping, k)
-        kv_cache[1].view(-1, num_kv_heads, head_dim).index_copy_(0, layout.slot_mapping, v)
+        reference.write_kv_cache(k, v, kv_cache, layout.slot_mapping)
         out = torch.empty_like(q)
         nd = meta.num_decodes
         masks = self._step_masks(meta, layout, window, kv_cache.shape[2])
@@ -155,3 +163,18 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
         mask = mask[:, :, None].expand(b, 1, g, lq, lk).reshape(b, 1, g * lq, lk)
     out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale)
     return out.view(b, hkv, g, lq, d).permute(0, 3, 1, 2, 4).reshape(b, lq, h, d)
+
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def make_attention_backend(name: str, device: torch.device, num_heads: int, head_dim: int,
+                           max_num_seqs: int) -> AttentionBackend:
+    """The backend `name` picks: auto is triton on CUDA and torch elsewhere."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "torch" or (name == "auto" and device.type != "cuda"):
+        return TorchAttentionBackend()
+    from engine.triton_backend import TritonAttentionBackend  # imports triton only when chosen
+
+    return TritonAttentionBackend(device, num_heads, head_dim, max_num_seqs)

@@ -181,6 +181,8 @@ class EngineConfig:
     enable_prefix_caching: bool = True  # reuse the K/V of full blocks of earlier prompts with the same prefix
     scheduling_policy: str = "fcfs"  # "fcfs" | "priority" | "mode-aware" (see engine/scheduler.py)
     fast_lane_max_tokens: int = 1024  # mode-aware: requests without reasoning and at most this max_tokens
+    attention_backend: str = "auto"  # auto: triton on CUDA, torch elsewhere
+    enforce_eager: bool = False  # True: no CUDA graphs for decode batches
 
     def __post_init__(self) -> None:
         if self.scheduling_policy not in SCHEDULING_POLICIES:

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import torch
 
-from engine.attention import TorchAttentionBackend
+from engine.attention import make_attention_backend
 from engine.config import EngineConfig, ModelConfig
 from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import RequestRejected
@@ -65,11 +65,13 @@ class LLMEngine:
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(mcfg.eos_token_ids)
 
         validate_tensor_parallel(mcfg, cfg.tensor_parallel_size)
-        backend = TorchAttentionBackend()
+        with self.device:
+            backend = make_attention_backend(cfg.attention_backend, self.device, mcfg.num_heads, mcfg.head_dim,
+                                             cfg.max_num_seqs)
         self.executor: TensorParallelExecutor | None = None
         if cfg.tensor_parallel_size > 1:
             threads = max(1, (os.cpu_count() or 1) // cfg.tensor_parallel_size)
-            spec = WorkerSpec(path, mcfg, type(backend), self.dtype, str(self.device), cfg.max_model_len,
+            spec = WorkerSpec(path, mcfg, cfg, self.dtype, str(self.device), cfg.max_model_len,
                               self._pool_specs(), cfg.block_size, cfg.max_num_batched_tokens, threads,
                               logging.getLogger().getEffectiveLevel())
             self.executor = TensorParallelExecutor(cfg.tensor_parallel_size, spec, self.device)
@@ -77,7 +79,7 @@ class LLMEngine:
             self.model = HybridTransformer.from_checkpoint(path, mcfg, backend, self.dtype, self.device,
                                                            cfg.max_model_len, progress)
             self.kv = self._make_kv_manager()
-            self.runner = ModelRunner(self.model, self.kv, self.dtype, self.device)
+            self.runner = ModelRunner(self.model, self.kv, self.dtype, self.device, cfg)
             if self.executor is not None:
                 self.executor.start(self.runner)
         except BaseException:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.attention import AttentionBackend, AttentionMetadata
@@ -27,15 +26,16 @@ from engine.parallel.state import tp_size
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm over the last dimension, computed in fp32."""
+    """Root-mean-square norm over the last dimension in fp32, optionally fused with a residual add."""
 
-    def __init__(self, dim: int, eps: float) -> None:
+    def __init__(self, dim: int, eps: float, backend: AttentionBackend) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
+        self.eps, self.backend = eps, backend
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """RMSNorm(x) * weight, plus residual when given."""
+        return self.backend.rms_norm(x, self.weight, self.eps, residual)
 
 
 class RotaryEmbedding(nn.Module):
@@ -53,16 +53,6 @@ class RotaryEmbedding(nn.Module):
         return self.cos[positions][:, None].to(dtype), self.sin[positions][:, None].to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate [num_tokens, heads, head_dim] by the per-token angles."""
-    return x * cos + _rotate_half(x) * sin
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
-
-
 class Attention(nn.Module):
     """GQA self-attention with optional per-head QK-norm and optional RoPE; this rank's heads only."""
 
@@ -78,8 +68,9 @@ class Attention(nn.Module):
         self.qkv_proj = ColumnParallelLinear(cfg.hidden_size, [full_q, full_kv, full_kv], [tp, kv_shards, kv_shards])
         self.o_proj = RowParallelLinear(full_q, cfg.hidden_size)
         if spec.qk_norm:
-            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
-            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+            self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, backend)
+            self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, backend)
+        self.eps = cfg.rms_norm_eps
         self.scale = cfg.head_dim**-0.5
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
@@ -88,10 +79,10 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.spec.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.spec.use_rope:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if self.spec.qk_norm or self.spec.use_rope:
+            q_w, k_w = (self.q_norm.weight, self.k_norm.weight) if self.spec.qk_norm else (None, None)
+            cos, sin = rope if self.spec.use_rope else (None, None)
+            q, k = self.backend.qk_norm_rope(q, k, q_w, k_w, self.eps, cos, sin)
         layout = meta.layouts[self.spec.kv_kind]
         out = self.backend.forward(q, k, v, kv_cache, layout, self.spec.sliding_window, meta, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
@@ -100,14 +91,14 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     """SwiGLU feed-forward with gate and up projections fused into one matmul."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, backend: AttentionBackend) -> None:
         super().__init__()
+        self.backend = backend
         self.gate_up_proj = ColumnParallelLinear(cfg.hidden_size, [cfg.intermediate_size] * 2)
         self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(self.backend.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -117,19 +108,19 @@ class DecoderLayer(nn.Module):
         super().__init__()
         self.post_norm = spec.post_norm
         self.self_attn = Attention(cfg, spec, layer_idx, backend)
-        self.mlp = MLP(cfg)
+        self.mlp = MLP(cfg, backend)
         if spec.post_norm:
-            self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-            self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, backend)
+            self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, backend)
         else:
-            self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-            self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, backend)
+            self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, backend)
 
     def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,
                 kv_cache: torch.Tensor) -> torch.Tensor:
-        if self.post_norm:
-            h = h + self.post_attention_layernorm(self.self_attn(h, rope, meta, kv_cache))
-            return h + self.post_feedforward_layernorm(self.mlp(h))
+        if self.post_norm:  # the residual add is fused into the norm
+            h = self.post_attention_layernorm(self.self_attn(h, rope, meta, kv_cache), h)
+            return self.post_feedforward_layernorm(self.mlp(h), h)
         h = h + self.self_attn(self.input_layernorm(h), rope, meta, kv_cache)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -141,7 +132,7 @@ class DecoderStack(nn.Module):
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, spec, i, backend) for i, spec in enumerate(cfg.layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, backend)
 
 
 class HybridTransformer(nn.Module):

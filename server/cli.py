@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--scheduling-policy", choices=("fcfs", "priority", "mode-aware"),
                         help="fcfs (default): arrival order; priority: the request's `priority` (lower first); "
                              "mode-aware: priority, then requests without reasoning first and preempted last")
+
+    common.add_argument("--attention-backend", choices=("auto", "torch", "triton"),
+                        help="auto (default): triton on CUDA, torch on CPU")
+    common.add_argument("--enforce-eager", action="store_true", default=None,
+                        help="no CUDA graphs for decode steps")
     common.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="debug also shows tracebacks and ignored request fields")
 
@@ -167,7 +172,8 @@ def _device(name: str) -> str:
 
 def _engine_args(args: argparse.Namespace) -> dict[str, Any]:
     names = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_memory",
-             "gpu_memory_utilization", "tensor_parallel_size", "enable_prefix_caching", "scheduling_policy")
+             "gpu_memory_utilization", "tensor_parallel_size", "enable_prefix_caching", "scheduling_policy",
+             "attention_backend", "enforce_eager")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

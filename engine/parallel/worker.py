@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from engine.attention import AttentionBackend
-from engine.config import ModelConfig
+from engine.attention import make_attention_backend
+from engine.config import EngineConfig, ModelConfig
 from engine.kv_cache import KVCacheManager, PoolSpec
 from engine.model import HybridTransformer
 from engine.model_runner import ModelRunner
@@ -34,7 +34,7 @@ class WorkerSpec:
 
     model_path: Path
     model_config: ModelConfig
-    backend: type[AttentionBackend]
+    config: EngineConfig  # attention backend, batch sizes
     dtype: torch.dtype
     device: str  # this rank's device: "cpu" or "cuda:N"
     max_model_len: int
@@ -55,12 +55,16 @@ def worker_main(rank: int, world_size: int, init_method: str, parent_pid: int, s
     device = torch.device(spec.device)
     try:
         init_tensor_parallel(rank, world_size, init_method, device)
-        model = HybridTransformer.from_checkpoint(spec.model_path, spec.model_config, spec.backend(), spec.dtype,
-                                                  device, spec.max_model_len)
+        mcfg = spec.model_config
+        with device:
+            backend = make_attention_backend(spec.config.attention_backend, device, mcfg.num_heads, mcfg.head_dim,
+                                             spec.config.max_num_seqs)
+        model = HybridTransformer.from_checkpoint(spec.model_path, mcfg, backend, spec.dtype, device,
+                                                  spec.max_model_len)
         channel = StepChannel(list(spec.pools))
         kv = KVCacheManager(spec.pools, exchange_num_blocks(channel.kinds), spec.block_size,
                             spec.max_num_batched_tokens)
-        runner = ModelRunner(model, kv, spec.dtype, device)
+        runner = ModelRunner(model, kv, spec.dtype, device, spec.config)
         log_rank_memory(rank, world_size, device, model, runner)
         dist.barrier(group=cpu_group())  # tells rank 0 this rank is ready
         serve(channel, runner)

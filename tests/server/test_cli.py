@@ -130,6 +130,8 @@ def test_generate_prints_the_completion():
     (["serve", "--reasoning-answer-reserve", "1.5"], "--reasoning-answer-reserve"),
     (["serve", "--thinking-deadline-ms", "-1"], "--thinking-deadline-ms"),
     (["serve", "--scheduling-policy", "lifo"], "--scheduling-policy"),
+
+    (["serve", "--attention-backend", "flash"], "--attention-backend"),
     (["generate", "--model", "{tiny}", "--max-model-len", "8", "hello " * 20], "max_model_len (8)"),
 ])
 def test_errors_are_one_line_and_exit_1(tiny_models, args, expected):
