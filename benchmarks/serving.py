@@ -35,7 +35,7 @@ def chat_prompts(n: int) -> list[list[dict]]:
 async def run(base_url: str, api_key: str, args: argparse.Namespace) -> tuple[int, float, float]:
     """(output tokens, seconds, median inter-token latency in s) for all prompts, at most `concurrency`
     streams at a time. Works against any OpenAI-compatible server (llama-server too)."""
-    client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=3600)
+    client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=3600)
     model = (await client.models.list()).data[0].id
     gate = asyncio.Semaphore(args.concurrency)
 
