@@ -105,11 +105,21 @@ def op_shares(engine: LLMEngine, steps: int) -> str:
     events = prof.key_averages()
     matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / 1e6
     others = sorted((e for e in events if e.key not in MATMUL_OPS), key=lambda e: -e.self_cpu_time_total)[:8]
-    lines = [f"profiled {steps} steps: {wall / steps * 1e3:.1f} ms/step (profiler on); matmul ops "
-             f"{matmul / wall:.0%} of wall, everything else {1 - matmul / wall:.0%}",
+    calls = sum(e.count for e in events) / steps
+    lines = [f"profiled {steps} steps: {wall / steps * 1e3:.1f} ms/step (profiler on), {calls:.0f} op calls per "
+             f"step; matmul ops {matmul / wall:.0%} of wall, everything else {1 - matmul / wall:.0%}",
              "largest other ops (self time share of wall, calls per step):"]
     lines += [f"  {e.key:<32} {e.self_cpu_time_total / 1e6 / wall:6.1%}  {e.count / steps:7.1f}" for e in others]
     return "\n".join(lines)
+
+
+def compile_layers(engine: LLMEngine) -> None:
+    """torch.compile (inductor) each decoder layer around its attention, which stays eager."""
+    from engine.attention import TorchAttentionBackend
+
+    TorchAttentionBackend.forward = torch.compiler.disable(TorchAttentionBackend.forward)
+    for layer in engine.model.model.layers:
+        layer.forward = torch.compile(layer.forward, dynamic=True)
 
 
 def prompts(engine: LLMEngine, n: int) -> list[list[int]]:
@@ -123,6 +133,8 @@ def offline(args: argparse.Namespace) -> None:
     engine = LLMEngine(args.model, "cpu", None, EngineConfig(max_num_seqs=max(args.batch),
                                                              max_num_batched_tokens=args.max_num_batched_tokens),
                        progress=False)
+    if args.compile:
+        compile_layers(engine)
     timer = StepTimer(engine)
     for batch in args.batch:
         total = args.warmup + args.steps + args.profile_steps + 4
@@ -203,6 +215,7 @@ def main() -> None:
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--port", type=int, default=8099)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--compile", action="store_true", help="offline: torch.compile the decoder layers")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
