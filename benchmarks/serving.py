@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import importlib.util
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -31,28 +32,33 @@ def chat_prompts(n: int) -> list[list[dict]]:
     return module.chat_prompts(n)
 
 
-async def run(base_url: str, api_key: str, args: argparse.Namespace) -> tuple[int, float]:
-    """(output tokens, seconds) for all prompts, at most `concurrency` streams at a time."""
-    client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=3600)
+async def run(base_url: str, api_key: str, args: argparse.Namespace) -> tuple[int, float, float]:
+    """(output tokens, seconds, median inter-token latency in s) for all prompts, at most `concurrency`
+    streams at a time. Works against any OpenAI-compatible server (llama-server too)."""
+    client = AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=3600)
     model = (await client.models.list()).data[0].id
     gate = asyncio.Semaphore(args.concurrency)
 
-    async def one(messages: list[dict], max_tokens: int) -> int:
+    async def one(messages: list[dict], max_tokens: int) -> tuple[int, float]:
         async with gate:
             stream = await client.chat.completions.create(
                 model=model, messages=messages, max_tokens=max_tokens, temperature=0, stream=True,
                 stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
-            usage = 0
+            usage, chunks, first, last = 0, 0, 0.0, 0.0
             async for chunk in stream:
                 if chunk.usage is not None:
                     usage = chunk.usage.completion_tokens
-            return usage
+                if chunk.choices and chunk.choices[0].delta.content:
+                    last = time.perf_counter()
+                    first, chunks = first or last, chunks + 1
+            tokens = usage or chunks
+            return tokens, (last - first) / max(tokens - 1, 1)
 
     prompts = chat_prompts(args.num_prompts)
     await asyncio.gather(*(one(p, 2) for p in prompts[:2]))  # warm-up, as throughput.py does
     start = time.perf_counter()
-    tokens = await asyncio.gather(*(one(p, args.output_tokens) for p in prompts))
-    return sum(tokens), time.perf_counter() - start
+    results = await asyncio.gather(*(one(p, args.output_tokens) for p in prompts))
+    return sum(t for t, _ in results), time.perf_counter() - start, statistics.median(i for _, i in results)
 
 
 def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
@@ -89,13 +95,13 @@ def main() -> None:
     args = parser.parse_args()
     proc, base_url = (None, args.base_url) if args.base_url else start_server(args)
     try:
-        generated, seconds = asyncio.run(run(base_url, args.api_key, args))
+        generated, seconds, itl = asyncio.run(run(base_url, args.api_key, args))
     finally:
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
     print(f"http concurrency={args.concurrency}: {generated} tokens in {seconds:.1f} s = "
-          f"{generated / seconds:.1f} output tok/s")
+          f"{generated / seconds:.1f} output tok/s, median ITL {itl * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":

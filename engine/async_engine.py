@@ -149,8 +149,7 @@ class AsyncEngine:
                     continue
                 outputs = self.engine.step()
                 self._stats = self.engine.stats()
-                for out in outputs:
-                    self._send(out.request_id, out)
+                self._send_step(outputs)
         except BaseException as e:  # a crash must reach every waiting client, not hang them
             logger.exception("engine loop crashed")
             self.error = e
@@ -190,6 +189,22 @@ class AsyncEngine:
             self._cut.add(request_id)
             self._send(request_id, RequestOutput(request_id, prompt_ids, ended, finished=True))
 
+    def _send_step(self, outputs: list[RequestOutput]) -> None:
+        """A step's outputs in one wake-up per event loop (not one per request: the loop and the
+        engine share the cores, and each wake-up costs the engine thread the GIL)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, RequestOutput]]] = {}
+        for out in outputs:
+            target = self._streams.get(out.request_id)
+            if target is not None:
+                by_loop.setdefault(target[0], []).append((target[1], out))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_put_all, items)
+            except RuntimeError:  # its event loop is closed (a server stopped mid-request): nobody reads these
+                for _, out in items:
+                    self._streams.pop(out.request_id, None)
+                    self.engine.abort(out.request_id)
+
     def _send(self, request_id: str, item: RequestOutput | BaseException) -> None:
         target = self._streams.get(request_id)
         if target is not None:
@@ -199,3 +214,8 @@ class AsyncEngine:
             except RuntimeError:  # its event loop is closed (a server stopped mid-request): nobody reads it
                 self._streams.pop(request_id, None)
                 self.engine.abort(request_id)
+
+
+def _put_all(items: list[tuple[asyncio.Queue, RequestOutput]]) -> None:
+    for q, item in items:
+        q.put_nowait(item)

@@ -97,27 +97,58 @@ class TorchAttentionBackend(AttentionBackend):
     """Reference backend in plain torch ops: decodes batched together, each prefill chunk on its own."""
 
     def forward(self, q, k, v, kv_cache, layout, window, meta, scale):
-        reference.write_kv_cache(k, v, kv_cache, layout.slot_mapping)
+        self._write(k, v, kv_cache, layout, meta)
+        nd, num_seqs = meta.num_decodes, len(meta.seq_lens_host)
+        g = q.shape[1] // k.shape[1]
+        masks = self._step_masks(meta, layout, window, kv_cache.shape[2], g)
+        if nd == num_seqs:  # an all-decode step (the common one): no output buffer to fill
+            blocks = self._step_blocks(meta, layout, 0, nd, kv_cache.shape[1])
+            return self._paged(q[:, None], kv_cache, blocks, masks[0], scale)[:, 0]
         out = torch.empty_like(q)
-        nd = meta.num_decodes
-        masks = self._step_masks(meta, layout, window, kv_cache.shape[2])
         if nd:
-            out[:nd] = self._paged(q[:nd, None], kv_cache, layout.block_tables[:nd], masks[0], scale)[:, 0]
+            blocks = self._step_blocks(meta, layout, 0, nd, kv_cache.shape[1])
+            out[:nd] = self._paged(q[:nd, None], kv_cache, blocks, masks[0], scale)[:, 0]
         starts = meta.query_start_loc_host
-        for i in range(nd, len(meta.seq_lens_host)):
+        for i in range(nd, num_seqs):
             a, b = starts[i], starts[i + 1]
             if meta.seq_lens_host[i] == b - a:
                 # No history: attend over the fresh chunk directly, no cache gather.
                 out[a:b] = _sdpa(q[None, a:b], k[None, a:b], v[None, a:b], masks[i - nd + 1], scale)[0]
             else:
-                tables = layout.block_tables[i : i + 1]
-                out[a:b] = self._paged(q[None, a:b], kv_cache, tables, masks[i - nd + 1], scale)[0]
+                blocks = self._step_blocks(meta, layout, i, i + 1, kv_cache.shape[1])
+                out[a:b] = self._paged(q[None, a:b], kv_cache, blocks, masks[i - nd + 1], scale)[0]
         return out
 
     @staticmethod
+    def _write(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, layout: KVLayout,
+               meta: AttentionMetadata) -> None:
+        """The layer's new K/V into its cache; whether any slot is padding is checked once per step."""
+        key = ("padded", id(layout))
+        if key not in meta.scratch:
+            meta.scratch[key] = not bool((layout.slot_mapping >= 0).all())
+        if meta.scratch[key]:
+            reference.write_kv_cache(k, v, kv_cache, layout.slot_mapping)
+            return
+        flat = kv_cache.view(2, -1, *kv_cache.shape[3:])
+        flat[0].index_copy_(0, layout.slot_mapping, k)
+        flat[1].index_copy_(0, layout.slot_mapping, v)
+
+    @staticmethod
+    def _step_blocks(meta: AttentionMetadata, layout: KVLayout, first: int, end: int,
+                     num_blocks: int) -> tuple[torch.Tensor, int]:
+        """(rows of the [2 * num_blocks] K-then-V block axis to gather, table width) for sequences
+        [first, end); built once per step and pool, shared by its layers."""
+        key = ("blocks", id(layout), first, end)
+        if key not in meta.scratch:
+            tables = layout.block_tables[first:end].clamp(min=0).flatten()
+            meta.scratch[key] = torch.cat([tables, tables + num_blocks]), layout.block_tables.shape[1]
+        return meta.scratch[key]
+
+    @staticmethod
     def _step_masks(meta: AttentionMetadata, layout: KVLayout, window: int | None,
-                    block_size: int) -> list[torch.Tensor | None]:
-        """[decode mask, one mask per prefill chunk], built once per step and pool, shared by its layers."""
+                    block_size: int, group: int) -> list[torch.Tensor | None]:
+        """[decode mask, one mask per prefill chunk], built once per step and pool, shared by its layers,
+        already expanded over the `group` query heads of a KV head (see _sdpa)."""
         key = (id(layout), window)
         if key in meta.scratch:
             return meta.scratch[key]
@@ -125,7 +156,7 @@ class TorchAttentionBackend(AttentionBackend):
         masks: list[torch.Tensor | None] = [None]
         if nd:
             k_pos = key_positions(layout.block_tables[:nd], meta.seq_lens[:nd], block_size, layout.ring_blocks)
-            masks[0] = attention_mask(meta.positions[:nd, None], k_pos, window)
+            masks[0] = _group_mask(attention_mask(meta.positions[:nd, None], k_pos, window), group)
         starts = meta.query_start_loc_host
         for i in range(nd, len(meta.seq_lens_host)):
             q_pos = meta.positions[None, starts[i] : starts[i + 1]]
@@ -134,33 +165,40 @@ class TorchAttentionBackend(AttentionBackend):
             else:
                 k_pos = key_positions(layout.block_tables[i : i + 1], meta.seq_lens[i : i + 1], block_size,
                                       layout.ring_blocks)
-            masks.append(attention_mask(q_pos, k_pos, window))
+            masks.append(_group_mask(attention_mask(q_pos, k_pos, window), group))
         meta.scratch[key] = masks
         return masks
 
     @staticmethod
-    def _paged(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor, mask: torch.Tensor,
+    def _paged(q: torch.Tensor, kv_cache: torch.Tensor, blocks: tuple[torch.Tensor, int], mask: torch.Tensor,
                scale: float) -> torch.Tensor:
-        """q: [num_seqs, q_len, heads, dim] against the cached keys each block table addresses."""
-        num_seqs, width = block_tables.shape
-        blocks = block_tables.clamp(min=0).flatten()
-        shape = (num_seqs, width * kv_cache.shape[2], *kv_cache.shape[3:])
-        keys = kv_cache[0].index_select(0, blocks).view(shape)
-        values = kv_cache[1].index_select(0, blocks).view(shape)
-        return _sdpa(q, keys, values, mask, scale)
+        """q: [num_seqs, q_len, heads, dim] against the cached keys and values `blocks` address."""
+        rows, width = blocks
+        num_seqs = q.shape[0]
+        shape = (2, num_seqs, width * kv_cache.shape[2], *kv_cache.shape[3:])
+        # Keys and values in one contiguous gather along the leading (K-then-V block) axis.
+        kv = kv_cache.flatten(0, 1).index_select(0, rows).view(shape)
+        return _sdpa(q, kv[0], kv[1], mask, scale)
+
+
+def _group_mask(mask: torch.Tensor, group: int) -> torch.Tensor:
+    """[B, 1, Lq, Lk] -> [B, 1, G*Lq, Lk]: the mask of the query rows _sdpa stacks under one KV head."""
+    if group == 1:
+        return mask
+    b, _, lq, lk = mask.shape
+    return mask[:, :, None].expand(b, 1, group, lq, lk).reshape(b, 1, group * lq, lk)
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
     """[B, Lq, H, D] x [B, Lk, Hkv, D] -> [B, Lq, H, D] with grouped-query attention.
 
-    Query heads are grouped under their KV head ([B, Hkv, G*Lq, D]) so K and V are never repeated.
+    Query heads are grouped under their KV head ([B, Hkv, G*Lq, D]) so K and V are never repeated;
+    `mask` comes grouped the same way ([B, 1, G*Lq, Lk], see _group_mask).
     """
     b, lq, h, d = q.shape
-    hkv, lk = k.shape[2], k.shape[1]
+    hkv = k.shape[2]
     g = h // hkv
     q = q.view(b, lq, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * lq, d)
-    if g > 1:
-        mask = mask[:, :, None].expand(b, 1, g, lq, lk).reshape(b, 1, g * lq, lk)
     out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale)
     return out.view(b, hkv, g, lq, d).permute(0, 3, 1, 2, 4).reshape(b, lq, h, d)
 

@@ -57,6 +57,19 @@ def _counts(token_lists: list[list[int]], vocab_size: int, device: torch.device)
     return counts[:, :vocab_size]
 
 
+def _plain_greedy(params: SamplingParams) -> bool:
+    """True when a row's token is the argmax of the raw logits: greedy, nothing alters or reads them."""
+    return (params.greedy and params.logprobs is None and not params.logits_processors and params.min_tokens == 0
+            and params.repetition_penalty == 1.0 and params.presence_penalty == 0.0
+            and params.frequency_penalty == 0.0)
+
+
+def _greedy(logits: torch.Tensor) -> SamplerOutput:
+    """The fast path of an all-plain-greedy batch: one argmax, no copy, no softmax."""
+    token_ids = logits.argmax(dim=-1)
+    return SamplerOutput(token_ids, torch.full(token_ids.shape, float("nan"), device=logits.device))
+
+
 class Sampler:
     """Batched sampling over [N, V] float logits, one row per sequence."""
 
@@ -65,6 +78,8 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, rows: list[SamplingRow]) -> SamplerOutput:
         """Next token for each row; see the module docstring for the order of the stages."""
+        if all(_plain_greedy(r.params) for r in rows):
+            return _greedy(logits)
         failed: list[int] = []
         as_float = logits.float()
         # .float() of bf16/fp16 logits is already a private copy; fp32 logits are the caller's tensor

@@ -36,8 +36,9 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None
     """Per-head RMSNorm of q and k (when weights are given), then RoPE (when cos/sin [tokens, 1, dim] are)."""
     if q_weight is not None:
         q, k = rms_norm(q, q_weight, eps), rms_norm(k, k_weight, eps)
-    if cos is not None:
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if cos is not None:  # q and k rotated together: half the small ops of a decode step's RoPE
+        qk = apply_rope(torch.cat([q, k], dim=1), cos, sin)
+        q, k = qk.split([q.shape[1], k.shape[1]], dim=1)
     return q, k
 
 
