@@ -70,12 +70,14 @@ class LLMEngine:
         self.model.eval()
 
         self.kv = self._make_kv_manager()
+        self._fit_max_model_len()
         self.runner = ModelRunner(self.model, self.kv, self.dtype, self.device)
         self.scheduler = Scheduler(cfg, self.kv)
         self.sampler = Sampler(self.eos_token_ids)
         self.requests: dict[str, list[Sequence]] = {}
         self.prompts: dict[str, list[int]] = {}
         self._seq_ids = itertools.count()
+        self.num_prompt_tokens_computed = 0  # prefill work done, recomputation included
 
     def _make_kv_manager(self) -> KVCacheManager:
         """Pools per layer kind, sized from kv_cache_memory (CPU) or free GPU memory."""
@@ -97,6 +99,22 @@ class LLMEngine:
         num_blocks = split_budget(pools, bytes_per_layer_block, budget, cfg.max_num_seqs, rings)
         return KVCacheManager(pools, num_blocks, cfg.block_size, cfg.max_num_batched_tokens)
 
+    def _fit_max_model_len(self) -> None:
+        """Lower max_model_len to what one sequence can hold in every pool (with a warning).
+
+        Otherwise a lone sequence could outgrow the cache, preempt itself and recompute forever."""
+        cfg, kv = self.config, self.kv
+        fits = cfg.max_model_len
+        for kind, spec in kv.specs.items():
+            blocks = kv.pools[kind].num_blocks
+            if steady_blocks_per_seq(spec, cfg.max_model_len, kv.block_size, cfg.max_num_batched_tokens) > blocks:
+                fits = min(fits, blocks * kv.block_size)
+        if fits < cfg.max_model_len:
+            logger.warning("max_model_len lowered from %d to %d tokens: the KV cache holds at most %d tokens of "
+                           "one sequence; raise --kv-cache-memory to serve %d", cfg.max_model_len, fits, fits,
+                           cfg.max_model_len)
+            cfg.max_model_len = fits
+
     # ---- requests -------------------------------------------------------------------------
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> list[int]:
@@ -109,19 +127,23 @@ class LLMEngine:
         if params.max_tokens is None:
             params.max_tokens = max_len - len(prompt_ids)
         seqs = []
-        for index in range(params.n):
-            sample_params = params
-            if params.logits_processor_factories:
-                sample_params = replace(params, logits_processors=[
-                    *params.logits_processors, *(make() for make in params.logits_processor_factories)])
-            generator = None
-            if params.seed is not None:
-                generator = torch.Generator(device=self.device).manual_seed(params.seed + index)
-            seqs.append(Sequence(
-                seq_id=next(self._seq_ids), request_id=request_id, index=index, token_ids=list(prompt_ids),
-                num_prompt_tokens=len(prompt_ids), params=sample_params, generator=generator,
-                detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids, sample_params),
-            ))
+        try:  # whatever a request builds here (processors, generators) fails that request alone
+            for index in range(params.n):
+                sample_params = params
+                if params.logits_processor_factories:
+                    sample_params = replace(params, logits_processors=[
+                        *params.logits_processors, *(make() for make in params.logits_processor_factories)])
+                generator = None
+                if params.seed is not None:
+                    generator = torch.Generator(device=self.device).manual_seed((params.seed + index) % 2**64)
+                seqs.append(Sequence(
+                    seq_id=next(self._seq_ids), request_id=request_id, index=index, token_ids=list(prompt_ids),
+                    num_prompt_tokens=len(prompt_ids), params=sample_params, generator=generator,
+                    detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids, sample_params),
+                ))
+        except Exception as e:
+            logger.exception("request %s could not be set up", request_id)
+            raise RequestRejected(f"the request could not be set up: {e}") from e
         parent = seqs[0]
         parent.children = seqs[1:]
         self.requests[request_id] = seqs
@@ -183,6 +205,7 @@ class LLMEngine:
         for row, chunk_logits in full_logits.items():
             self._add_prompt_logprobs(batch.seqs[row], chunk_logits)
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            self.num_prompt_tokens_computed += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens))
             seq.num_computed_tokens += n
         samplers: list[Sequence] = []
         logit_rows: list[int] = []
@@ -252,28 +275,33 @@ class LLMEngine:
         deltas: dict[str, list[CompletionOutput]] = defaultdict(list)
         failed = set(sampled.failed_rows)
         for i, seq in enumerate(seqs):
-            if i in failed:  # its logits processor raised: end this request only, with what it had
-                seq.finish_reason = "abort"
-                self.scheduler.finish(seq)
-                deltas[seq.request_id].append(CompletionOutput(seq.index, "", [], None, "abort"))
-                continue
-            token = token_ids[i]
-            seq.token_ids.append(token)
-            params = seq.params
-            lp = None
-            if params.logprobs is not None:
-                k = params.logprobs
-                top = list(zip(top_ids[i][:k], top_lps[i][:k], strict=True)) if k and top_ids else []
-                lp = [TokenLogprob(token, logprobs[i], top)]
-            ended_by_token = self._ends_on_token(seq, token)
-            # The eos / stop token itself is not text of the answer (as in vLLM).
-            text = "" if ended_by_token else seq.detokenizer.update([token])
-            self._check_stop(seq, token, ended_by_token)
-            if seq.is_finished and not seq.detokenizer.finished:
-                text += seq.detokenizer.flush()
-            deltas[seq.request_id].append(
-                CompletionOutput(seq.index, text, [token], lp, seq.finish_reason, seq.stop_reason))
+            if i not in failed:  # failed: its logits processor raised
+                try:
+                    lp = None
+                    if seq.params.logprobs is not None:
+                        k = seq.params.logprobs
+                        top = list(zip(top_ids[i][:k], top_lps[i][:k], strict=True)) if k and top_ids else []
+                        lp = [TokenLogprob(token_ids[i], logprobs[i], top)]
+                    deltas[seq.request_id].append(self._append_token(seq, token_ids[i], lp))
+                    continue
+                except Exception:
+                    logger.exception("request %s failed on its new token; ending it", seq.request_id)
+            # end this request only, with what it had
+            seq.finish_reason = "abort"
+            self.scheduler.finish(seq)
+            deltas[seq.request_id].append(CompletionOutput(seq.index, "", [], None, "abort"))
         return self._request_outputs(deltas)
+
+    def _append_token(self, seq: Sequence, token: int, lp: list[TokenLogprob] | None) -> CompletionOutput:
+        """Append one sampled token: detokenize, apply stop conditions; the sample's delta."""
+        seq.token_ids.append(token)
+        ended_by_token = self._ends_on_token(seq, token)
+        # The eos / stop token itself is not text of the answer (as in vLLM).
+        text = "" if ended_by_token else seq.detokenizer.update([token])
+        self._check_stop(seq, token, ended_by_token)
+        if seq.is_finished and not seq.detokenizer.finished:
+            text += seq.detokenizer.flush()
+        return CompletionOutput(seq.index, text, [token], lp, seq.finish_reason, seq.stop_reason)
 
     def _ends_on_token(self, seq: Sequence, token: int) -> bool:
         """True when `token` is an eos or stop token that ends this sequence."""
@@ -321,4 +349,5 @@ class LLMEngine:
             "kv_blocks_used": self.kv.usage(),
             "kv_blocks_total": self.kv.num_blocks(),
             "num_preemptions": self.scheduler.num_preemptions,
+            "num_prompt_tokens_computed": self.num_prompt_tokens_computed,
         }

@@ -15,6 +15,7 @@ import threading
 from typing import Any, NoReturn
 
 from engine.errors import ModelLoadError
+from server.limits import RequestLimits
 from server.schemas import DEFAULT_MAX_REQUEST_BODY_BYTES
 
 logger = logging.getLogger("exaone-serve")
@@ -63,6 +64,14 @@ def _byte_size(text: str) -> int:
     return value
 
 
+def _text_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {e.strerror}") from None
+
+
 def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -107,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="cap on every request's thinking tokens (its budget, or the budget when none is asked)")
     serve.add_argument("--max-request-body-bytes", type=_byte_size, default=DEFAULT_MAX_REQUEST_BODY_BYTES,
                        help="larger bodies get 413 (default 4MiB)")
+    serve.add_argument("--chat-template", type=_text_file,
+                       help="file with a Jinja chat template used instead of the model's (requests never set one)")
+    limits = RequestLimits()
+    serve.add_argument("--max-n", type=_positive_int, default=limits.max_n, help="most choices (n) per request")
+    serve.add_argument("--max-stop-sequences", type=_positive_int, default=limits.max_stop_sequences,
+                       help="most stop strings per request (OpenAI: 4)")
+    serve.add_argument("--max-prompts-per-request", type=_positive_int, default=limits.max_prompts,
+                       help="most prompts in one completions request")
+    serve.add_argument("--max-tools", type=_positive_int, default=limits.max_tools, help="most tools per request")
+    serve.add_argument("--max-schema-bytes", type=_byte_size, default=limits.max_schema_bytes,
+                       help="largest tools + response_format per request, as JSON (default 64KiB)")
+    serve.add_argument("--preprocess-timeout", type=float, default=limits.preprocess_timeout,
+                       help="seconds a request's template rendering, tokenisation or grammar compilation may take")
+    serve.add_argument("--preprocess-workers", type=_positive_int, default=limits.preprocess_workers,
+                       help="threads that render, tokenise and compile grammars off the event loop")
     serve.set_defaults(func=serve_command)
 
     gen = sub.add_parser("generate", parents=[common], help="print the completion of one prompt")
@@ -158,7 +182,9 @@ def serve_command(args: argparse.Namespace) -> None:
     app = create_app(None, served_model_names=names, api_key=args.api_key,
                      max_request_body_bytes=args.max_request_body_bytes,
                      default_chat_template_kwargs=args.default_chat_template_kwargs,
-                     max_thinking_tokens=args.max_thinking_tokens)
+                     max_thinking_tokens=args.max_thinking_tokens, limits=RequestLimits(
+                         args.max_n, args.max_stop_sequences, args.max_prompts_per_request, args.max_tools,
+                         args.max_schema_bytes, args.preprocess_timeout, args.preprocess_workers))
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
     failure: list[BaseException] = []
 
@@ -166,6 +192,8 @@ def serve_command(args: argparse.Namespace) -> None:
         # The thread that loads the model also runs its steps: torch work on one thread only.
         try:
             engine = LLMEngine(args.model, device, args.dtype, EngineConfig(**_engine_args(args)))
+            if args.chat_template is not None:
+                engine.tokenizer.hf.chat_template = args.chat_template
             async_engine = AsyncEngine(engine, args.max_queued_requests, start=False)
             attach_engine(app, async_engine)
             logger.info("model loaded; serving %s on http://%s:%d/v1", names[0], args.host, args.port)

@@ -89,5 +89,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _internal_error(_: Request, exc: Exception) -> Response:
+        # The exception text stays in the log: it may show paths or internals to a client.
         logger.exception("unhandled error")
-        return APIError(500, f"internal server error: {exc}", type="server_error", code="internal_error").response()
+        return APIError(500, "internal server error (see the server log)", type="server_error",
+                        code="internal_error").response()

@@ -13,6 +13,7 @@ from msgspec import UNSET, UnsetType
 from engine.outputs import CompletionOutput, TokenLogprob
 from server.chat_modes import ChatPlan
 from server.errors import bad_request
+from server.limits import MAX_TOP_LOGPROBS, check_depth
 from server.schemas import (
     ChatChoice,
     ChatChunkChoice,
@@ -28,8 +29,6 @@ from server.schemas import (
 )
 from server.serving import RequestGroup, ServerState
 from server.streaming import DONE, error_event, event, respond
-
-MAX_TOP_LOGPROBS = 20
 
 
 def chat_logprobs(state: ServerState, entries: list[TokenLogprob]) -> ChatLogprobs:
@@ -62,11 +61,16 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
             raise bad_request(f"max_completion_tokens must be at least 1, got {req.max_completion_tokens}",
                               "max_completion_tokens")
         max_tokens = req.max_completion_tokens
+    state.limits.check_tools(req.tools, req.response_format)
+    check_depth(req.chat_template_kwargs, "chat_template_kwargs")
+    check_depth([c.function.arguments for m in req.messages for c in m.tool_calls or ()], "messages")
     modes = state.ready_modes()
-    plan = modes.plan(req)
+    # Schema checks, grammar compilation, rendering and tokenisation run off the event loop.
+    plan = await state.limits.run("building the grammar for tools/response_format", lambda: modes.plan(req))
     params = state.sampling_params(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None,
                                    plan.sampling_defaults, plan.factories)
-    prompt_ids = modes.render(req.messages, plan.mode, plan.tools, req.chat_template_kwargs)
+    prompt_ids = await state.limits.run("rendering the chat template", lambda: modes.render(
+        req.messages, plan.mode, plan.tools, req.chat_template_kwargs))
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     group = RequestGroup(state, request_id, [prompt_ids], params)
     created = int(time.time())
