@@ -52,7 +52,8 @@ def from_validation(exc: msgspec.ValidationError | msgspec.DecodeError) -> APIEr
     if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
         return bad_request(f"invalid JSON body: {message}")
     match = _MSGSPEC_PATH.search(message)
-    param = (match.group(1) or None) if match else None
+    # a value inside a dict shows as `logit_bias[...]`: the field is what the client can act on
+    param = (match.group(1).replace("[...]", "") or None) if match else None
     if message.startswith("Object missing required field"):
         # "Object missing required field `function` - at `$.tools[0]`": the path is the field's parent
         field = re.search(r"`([^`]+)`", message)

@@ -81,9 +81,7 @@ class RequestLimits:
 
 def check_depth(value: Any, name: str, limit: int = MAX_JSON_DEPTH) -> None:
     """400 when a decoded JSON value nests deeper than `limit` (deep values overflow recursive consumers)."""
-    if isinstance(value, msgspec.Struct):
-        value = msgspec.to_builtins(value)
-    stack = [(value, 1)]
+    stack = [(msgspec.to_builtins(value), 1)]
     while stack:
         item, depth = stack.pop()
         if depth > limit:
