@@ -27,7 +27,7 @@ MAX_JSON_DEPTH = 64  # nesting of free-form JSON values (schemas, template kwarg
 class RequestLimits:
     """What one request may ask for; larger asks get a 400 naming the field and the flag."""
 
-    max_n: int = 16  # --max-n (never more than --max-num-seqs)
+    max_n: int = 128  # --max-n (OpenAI: 128; never more than --max-num-seqs)
     max_stop_sequences: int = 4  # --max-stop-sequences
     max_prompts: int = 256  # --max-prompts-per-request (completions)
     max_tools: int = 128  # --max-tools
