@@ -127,6 +127,8 @@ def test_generate_prints_the_completion():
     (["serve", "--default-chat-template-kwargs", "[1]"], "JSON object"),
     (["serve", "--default-chat-template-kwargs", '{"enable_thinking": "yes"}'], "enable_thinking must be a boolean"),
     (["serve", "--max-thinking-tokens", "-1"], "--max-thinking-tokens"),
+    (["serve", "--chat-template", "/no/such/template.jinja"], "/no/such/template.jinja"),
+    (["serve", "--max-stop-sequences", "0"], "--max-stop-sequences"),
     (["generate", "--model", "{tiny}", "--max-model-len", "8", "hello " * 20], "max_model_len (8)"),
 ])
 def test_errors_are_one_line_and_exit_1(tiny_models, args, expected):
