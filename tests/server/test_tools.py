@@ -104,7 +104,7 @@ def test_reasoning_fallback_for_a_template_without_thinking(client, base_url):
 
 
 def test_a_call_cut_by_max_tokens_never_reaches_the_content(client):
-    for max_tokens in range(1, 12):
+    for max_tokens in (2, 5, 8, 11):  # cut inside the tag, the name, the arguments
         kwargs = tools_request(tool_choice="required", max_tokens=max_tokens, seed=5, n=2)
         for choice in client.chat.completions.create(**kwargs).choices:
             assert "<tool_call>" not in (choice.message.content or ""), (max_tokens, choice)
