@@ -66,17 +66,20 @@ class RequestLimits:
         """
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.preprocess_workers, thread_name_prefix="exaone-preprocess")
-        future = asyncio.get_running_loop().run_in_executor(self._pool, work)
+        loop = asyncio.get_running_loop()
+        started = asyncio.Event()
+
+        def job() -> T:
+            loop.call_soon_threadsafe(started.set)
+            return work()
+
+        future = loop.run_in_executor(self._pool, job)
+        await started.wait()  # time spent queueing for a worker is not this request's doing
         try:
             return await asyncio.wait_for(future, self.preprocess_timeout)
         except TimeoutError:
             raise bad_request(f"{what} took longer than {self.preprocess_timeout:g} s "
                               "(--preprocess-timeout); simplify the request") from None
-
-    def shutdown(self) -> None:
-        """Stop the worker pool (work in flight finishes)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def check_depth(value: Any, name: str, limit: int = MAX_JSON_DEPTH) -> None:
