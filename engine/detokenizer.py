@@ -22,8 +22,9 @@ class IncrementalDetokenizer:
 
     Text is held back while its last character is incomplete (a multi-byte character split across
     byte-level tokens) and while its tail could still grow into a stop string. Each update costs
-    O(1) in the output length: tokenizers' DecodeStream decodes only a small window of tokens
-    (the prefix/read offset technique) and stop strings are searched only near the end.
+    O(new text): tokenizers' DecodeStream decodes only a small window of tokens (the prefix/read
+    offset technique) and StopStringMatcher reads each character once, whatever the stop lengths.
+    Stop strings are ignored until the output has min_tokens tokens (as vLLM does).
     """
 
     def __init__(self, tokenizer: Tokenizer, prompt_token_ids: list[int], params: SamplingParams) -> None:
@@ -36,8 +37,8 @@ class IncrementalDetokenizer:
         self._num_decoded = 0  # output tokens whose text is in _text
         self._text = ""  # decoded output text; cut at the stop string once one is found
         self._num_emitted = 0  # characters of _text already returned
-        self._num_checked = 0  # characters of _text already searched for stop strings
-        self._max_stop_len = max((len(s) for s in params.stop), default=0)
+        self._num_checked = 0  # characters of _text already fed to the stop matcher
+        self._stops = StopStringMatcher(params.stop) if params.stop else None
         self._stop_reason: str | None = None
 
     def _clean_suffix(self, prompt_token_ids: list[int]) -> list[int]:
@@ -116,37 +117,82 @@ class IncrementalDetokenizer:
         return full[len(prefix) :]
 
     def _emit(self, final: bool) -> str:
-        """Cut at the earliest stop string, or hold back a possible stop prefix; return the new text."""
+        """Cut at the first stop string to complete, or hold back a possible stop prefix; return the new text."""
         stop = self._find_stop()
         if stop is not None:
-            index, string = stop
-            self._text = self._text[: index + len(string) if self.params.include_stop_str_in_output else index]
+            end, string = stop
+            self._text = self._text[: end if self.params.include_stop_str_in_output else end - len(string)]
             self._stop_reason = string
             end = len(self._text)
         else:
-            self._num_checked = len(self._text)
-            held = 0 if final or self.params.include_stop_str_in_output else self._partial_stop_len()
+            held = 0
+            if self._stops is not None and not (final or self.params.include_stop_str_in_output):
+                held = self._stops.partial_len
             end = max(self._num_emitted, len(self._text) - held)
         delta = self._text[self._num_emitted : end]
         self._num_emitted = end
         return delta
 
     def _find_stop(self) -> tuple[int, str] | None:
-        """(index, string) of the earliest stop string in the text not fully searched before."""
-        if not self._max_stop_len:
+        """(end index in the text, string) of the first stop string completed by the text not yet searched."""
+        if self._stops is None:
             return None
-        # A match starting earlier would have ended inside text that was already searched.
-        start = max(0, self._num_checked - self._max_stop_len + 1)
-        best: tuple[int, str] | None = None
-        for string in self.params.stop:
-            index = self._text.find(string, start)
-            if index != -1 and (best is None or index < best[0]):
-                best = (index, string)
-        return best
+        start, self._num_checked = self._num_checked, len(self._text)
+        hit = self._stops.feed(self._text[start:], active=len(self.token_ids) >= self.params.min_tokens)
+        return None if hit is None else (start + hit[0], hit[1])
 
-    def _partial_stop_len(self) -> int:
-        """Length of the longest tail of the text that is a proper prefix of some stop string."""
-        return max((partial_tag_suffix(self._text, stop) for stop in self.params.stop), default=0)
+
+class StopStringMatcher:
+    """Finds stop strings in text fed piece by piece; each character is read once (KMP per string).
+
+    A stop string of any length costs O(1) amortised per new character, so a long stop cannot
+    slow the step loop down for the whole batch.
+    """
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self._failure = [_failure(s) for s in stops]
+        self._matched = [0] * len(stops)  # characters of each stop the text currently ends with
+
+    @property
+    def partial_len(self) -> int:
+        """Length of the longest tail of the text fed so far that is a proper prefix of some stop string."""
+        return max(self._matched, default=0)
+
+    def feed(self, text: str, active: bool = True) -> tuple[int, str] | None:
+        """Read `text`; (end offset in `text`, stop) of the first stop to complete (the longest on a tie).
+
+        With active=False completed stops are passed over (before min_tokens)."""
+        stops, failure, matched = self.stops, self._failure, self._matched
+        for pos, ch in enumerate(text):
+            hit: str | None = None
+            for k, stop in enumerate(stops):
+                q = matched[k]
+                while q and stop[q] != ch:
+                    q = failure[k][q - 1]
+                if stop[q] == ch:
+                    q += 1
+                if q == len(stop):
+                    if hit is None or len(stop) > len(hit):
+                        hit = stop
+                    q = failure[k][q - 1]
+                matched[k] = q
+            if hit is not None and active:
+                return pos + 1, hit
+        return None
+
+
+def _failure(pattern: str) -> list[int]:
+    """KMP failure function: for each prefix, the length of its longest proper border."""
+    table = [0] * len(pattern)
+    k = 0
+    for i in range(1, len(pattern)):
+        while k and pattern[i] != pattern[k]:
+            k = table[k - 1]
+        if pattern[i] == pattern[k]:
+            k += 1
+        table[i] = k
+    return table
 
 
 def partial_tag_suffix(text: str, tag: str) -> int:

@@ -79,6 +79,7 @@ class LLMEngine:
             self.model = HybridTransformer.from_checkpoint(path, mcfg, backend, self.dtype, self.device,
                                                            cfg.max_model_len, progress)
             self.kv = self._make_kv_manager()
+            self._fit_max_model_len()
             self.runner = ModelRunner(self.model, self.kv, self.dtype, self.device, cfg)
             if self.executor is not None:
                 self.executor.start(self.runner)
@@ -91,6 +92,7 @@ class LLMEngine:
         self.requests: dict[str, list[Sequence]] = {}
         self.prompts: dict[str, list[int]] = {}
         self._seq_ids = itertools.count()
+        self.num_prompt_tokens_computed = 0  # prefill work done, recomputation included
 
     def _pool_specs(self) -> dict[str, PoolSpec]:
         """One KV pool per layer kind."""
@@ -118,6 +120,22 @@ class LLMEngine:
         num_blocks = split_budget(pools, bytes_per_layer_block, budget, cfg.max_num_seqs, rings)
         return KVCacheManager(pools, num_blocks, cfg.block_size, cfg.max_num_batched_tokens, cfg.enable_prefix_caching)
 
+    def _fit_max_model_len(self) -> None:
+        """Lower max_model_len to what one sequence can hold in every pool (with a warning).
+
+        Otherwise a lone sequence could outgrow the cache, preempt itself and recompute forever."""
+        cfg, kv = self.config, self.kv
+        fits = cfg.max_model_len
+        for kind, spec in kv.specs.items():
+            blocks = kv.pools[kind].num_blocks
+            if steady_blocks_per_seq(spec, cfg.max_model_len, kv.block_size, cfg.max_num_batched_tokens) > blocks:
+                fits = min(fits, blocks * kv.block_size)
+        if fits < cfg.max_model_len:
+            logger.warning("max_model_len lowered from %d to %d tokens: the KV cache holds at most %d tokens of "
+                           "one sequence; raise --kv-cache-memory to serve %d", cfg.max_model_len, fits, fits,
+                           cfg.max_model_len)
+            cfg.max_model_len = fits
+
     # ---- requests -------------------------------------------------------------------------
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams) -> list[int]:
@@ -130,19 +148,23 @@ class LLMEngine:
         if params.max_tokens is None:
             params.max_tokens = max_len - len(prompt_ids)
         seqs = []
-        for index in range(params.n):
-            sample_params = params
-            if params.logits_processor_factories:
-                sample_params = replace(params, logits_processors=[
-                    *params.logits_processors, *(make() for make in params.logits_processor_factories)])
-            generator = None
-            if params.seed is not None:
-                generator = torch.Generator(device=self.device).manual_seed(params.seed + index)
-            seqs.append(Sequence(
-                seq_id=next(self._seq_ids), request_id=request_id, index=index, token_ids=list(prompt_ids),
-                num_prompt_tokens=len(prompt_ids), params=sample_params, generator=generator,
-                detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids, sample_params),
-            ))
+        try:  # whatever a request builds here (processors, generators) fails that request alone
+            for index in range(params.n):
+                sample_params = params
+                if params.logits_processor_factories:
+                    sample_params = replace(params, logits_processors=[
+                        *params.logits_processors, *(make() for make in params.logits_processor_factories)])
+                generator = None
+                if params.seed is not None:
+                    generator = torch.Generator(device=self.device).manual_seed((params.seed + index) % 2**64)
+                seqs.append(Sequence(
+                    seq_id=next(self._seq_ids), request_id=request_id, index=index, token_ids=list(prompt_ids),
+                    num_prompt_tokens=len(prompt_ids), params=sample_params, generator=generator,
+                    detokenizer=IncrementalDetokenizer(self.tokenizer, prompt_ids, sample_params),
+                ))
+        except Exception as e:
+            logger.exception("request %s could not be set up", request_id)
+            raise RequestRejected(f"the request could not be set up: {e}") from e
         parent = seqs[0]
         parent.children = seqs[1:]
         self.requests[request_id] = seqs
@@ -205,6 +227,7 @@ class LLMEngine:
         for row, chunk_logits in full_logits.items():
             self._add_prompt_logprobs(batch.seqs[row], chunk_logits)
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            self.num_prompt_tokens_computed += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens))
             seq.num_computed_tokens += n
             self.kv.cache_blocks(seq.block_tables, seq.token_ids, seq.block_hashes, seq.num_computed_tokens)
         samplers: list[Sequence] = []
@@ -277,28 +300,33 @@ class LLMEngine:
         deltas: dict[str, list[CompletionOutput]] = defaultdict(list)
         failed = set(sampled.failed_rows)
         for i, seq in enumerate(seqs):
-            if i in failed:  # its logits processor raised: end this request only, with what it had
-                seq.finish_reason = "abort"
-                self.scheduler.finish(seq)
-                deltas[seq.request_id].append(CompletionOutput(seq.index, "", [], None, "abort"))
-                continue
-            token = token_ids[i]
-            seq.token_ids.append(token)
-            params = seq.params
-            lp = None
-            if params.logprobs is not None:
-                k = params.logprobs
-                top = list(zip(top_ids[i][:k], top_lps[i][:k], strict=True)) if k and top_ids else []
-                lp = [TokenLogprob(token, logprobs[i], top)]
-            ended_by_token = self._ends_on_token(seq, token)
-            # The eos / stop token itself is not text of the answer (as in vLLM).
-            text = "" if ended_by_token else seq.detokenizer.update([token])
-            self._check_stop(seq, token, ended_by_token)
-            if seq.is_finished and not seq.detokenizer.finished:
-                text += seq.detokenizer.flush()
-            deltas[seq.request_id].append(
-                CompletionOutput(seq.index, text, [token], lp, seq.finish_reason, seq.stop_reason))
+            if i not in failed:  # failed: its logits processor raised
+                try:
+                    lp = None
+                    if seq.params.logprobs is not None:
+                        k = seq.params.logprobs
+                        top = list(zip(top_ids[i][:k], top_lps[i][:k], strict=True)) if k and top_ids else []
+                        lp = [TokenLogprob(token_ids[i], logprobs[i], top)]
+                    deltas[seq.request_id].append(self._append_token(seq, token_ids[i], lp))
+                    continue
+                except Exception:
+                    logger.exception("request %s failed on its new token; ending it", seq.request_id)
+            # end this request only, with what it had
+            seq.finish_reason = "abort"
+            self.scheduler.finish(seq)
+            deltas[seq.request_id].append(CompletionOutput(seq.index, "", [], None, "abort"))
         return self._request_outputs(deltas)
+
+    def _append_token(self, seq: Sequence, token: int, lp: list[TokenLogprob] | None) -> CompletionOutput:
+        """Append one sampled token: detokenize, apply stop conditions; the sample's delta."""
+        seq.token_ids.append(token)
+        ended_by_token = self._ends_on_token(seq, token)
+        # The eos / stop token itself is not text of the answer (as in vLLM).
+        text = "" if ended_by_token else seq.detokenizer.update([token])
+        self._check_stop(seq, token, ended_by_token)
+        if seq.is_finished and not seq.detokenizer.finished:
+            text += seq.detokenizer.flush()
+        return CompletionOutput(seq.index, text, [token], lp, seq.finish_reason, seq.stop_reason)
 
     def _ends_on_token(self, seq: Sequence, token: int) -> bool:
         """True when `token` is an eos or stop token that ends this sequence."""
@@ -362,4 +390,5 @@ class LLMEngine:
             "prefix_cache_queries": s.prefix_cache_queries,
             "prefix_cache_hits": s.prefix_cache_hits,
             "prefix_cache_hit_rate": s.prefix_cache_hits / s.prefix_cache_queries if s.prefix_cache_queries else 0.0,
+            "num_prompt_tokens_computed": self.num_prompt_tokens_computed,
         }

@@ -1,8 +1,8 @@
 """Sampler: one batched call per engine step turns last-token logits into next tokens (and logprobs).
 
-Order per step: (1) per-request logits processors, (2) min_tokens bans eos/stop ids, (3) repetition,
-presence and frequency penalties, (4) logprobs, (5) greedy argmax or temperature, top-k, top-p,
-min-p and an exponential race. Every stage is skipped when no row in the batch needs it, so an
+Order per step: (1) per-request logits processors, (2) min_tokens bans eos/stop ids, (3) logit_bias,
+repetition, presence and frequency penalties, (4) logprobs, (5) greedy argmax or temperature, top-k,
+top-p, min-p and an exponential race. Every stage is skipped when no row in the batch needs it, so an
 all-greedy batch is a single argmax.
 
 Logprobs are log_softmax of the logits after (1)-(3) and before temperature and truncation: the
@@ -104,7 +104,8 @@ class Sampler:
                   for t in self._stop_ids(r.params)]
         penalized = [i for i, r in enumerate(rows) if r.params.repetition_penalty != 1.0
                      or r.params.presence_penalty != 0.0 or r.params.frequency_penalty != 0.0]
-        if not (custom or banned or penalized):
+        biased = [(i, t, b) for i, r in enumerate(rows) for t, b in (r.params.logit_bias or {}).items()]
+        if not (custom or banned or penalized or biased):
             return logits
         if not owned:
             logits = logits.clone()
@@ -123,6 +124,11 @@ class Sampler:
         if banned:
             index = torch.tensor(banned, device=logits.device)
             logits[index[:, 0], index[:, 1]] = float("-inf")
+        biased = [(i, t, b) for i, t, b in biased if 0 <= t < vocab_size]
+        if biased:
+            index = torch.tensor([(i, t) for i, t, _ in biased], device=logits.device)
+            bias = torch.tensor([b for _, _, b in biased], device=logits.device, dtype=logits.dtype)
+            logits.index_put_((index[:, 0], index[:, 1]), bias, accumulate=True)
         if penalized:
             index = torch.tensor(penalized, device=logits.device)
             logits[index] = self._penalize(logits[index], [rows[i] for i in penalized])

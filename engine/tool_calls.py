@@ -5,8 +5,9 @@ parse is the same parser fed once, so streaming and non-streaming agree. With re
 the content part (after ReasoningParser).
 
 Malformed blocks: a block whose `{"name": "...", "arguments": ` head never parses (and which is not JSON
-with a name either) is left in the content verbatim, tags included, once its `</tool_call>` (or the end)
-shows it. A block whose head parsed has already been streamed as a call, so it stays one; its arguments
+with a name either) is left in the content verbatim, tags included, once its `</tool_call>` shows it; a
+block the end of the output cut before its head was complete is dropped (a cut call never reaches the
+content). A block whose head parsed has already been streamed as a call, so it stays one; its arguments
 are the text the model wrote, which may be cut short only when max_tokens ended the output.
 """
 
@@ -200,15 +201,17 @@ class ToolCallParser:
     def _unheaded(self, final: bool, content: list[str], deltas: list[ToolCallDelta]) -> bool:
         """A block whose head did not parse: wait for its end, then a call in another shape or content."""
         end = self._text.find(self._end)
-        if end < 0 and not final:
+        if end < 0:
+            if final:  # cut by the end of the output: neither a call nor content
+                self._text, self._block = "", None
             return False
-        body = self._text if end < 0 else self._text[:end]
-        self._text = "" if end < 0 else self._text[end + len(self._end):]
-        call = _whole_call(body) if end >= 0 else None
+        body = self._text[:end]
+        self._text = self._text[end + len(self._end):]
+        call = _whole_call(body)
         if call is None:
             self._space = self._block.space
             self._block = None
-            self._content(self._start + body + (self._end if end >= 0 else ""), content)
+            self._content(self._start + body + self._end, content)
             return True
         self._block = None
         deltas.append(ToolCallDelta(len(self.calls), call.id, call.name, call.arguments))

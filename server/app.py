@@ -15,6 +15,8 @@ from engine.async_engine import AsyncEngine
 from engine.reasoning import DEFAULT_ANSWER_RESERVE
 from server.chat_modes import offered_tools
 from server.errors import APIError, bad_request, install_error_handlers
+from server.limits import RequestLimits
+from server.openapi import install_openapi
 from server.schemas import (
     DEFAULT_MAX_REQUEST_BODY_BYTES,
     DetokenizeRequest,
@@ -41,7 +43,8 @@ def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api
                max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
                default_chat_template_kwargs: dict[str, Any] | None = None,
                max_thinking_tokens: int | None = None, reasoning_answer_reserve: float = DEFAULT_ANSWER_RESERVE,
-               thinking_deadline_ms: int | None = None) -> FastAPI:
+               thinking_deadline_ms: int | None = None,
+               limits: RequestLimits | None = None) -> FastAPI:
     """Build the app; with engine=None it answers 503 until `attach_engine` hands it one.
 
     The app never stops the engine: whoever made the engine shuts it down. Raises ValueError for
@@ -49,12 +52,13 @@ def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api
     """
     state = ServerState(list(served_model_names), api_key, max_request_body_bytes,
                         dict(default_chat_template_kwargs or {}), max_thinking_tokens, engine,
-                        reasoning_answer_reserve, thinking_deadline_ms)
+                        reasoning_answer_reserve, thinking_deadline_ms, limits or RequestLimits())
     started = int(time.time())
 
     app = FastAPI(title="exaone-serve")
     app.state.server = state
     install_error_handlers(app)
+    install_openapi(app)
 
     async def authorize(request: Request) -> None:
         if state.api_key is None:
@@ -89,8 +93,9 @@ def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api
     async def models() -> Response:
         """The served model under each of its names."""
         engine = state.ready_engine().engine
-        root = str(engine.model_path)
-        cards = [ModelCard(name, started, root, engine.config.max_model_len) for name in state.served_model_names]
+        # root names the served model, never a path on this machine
+        cards = [ModelCard(name, started, state.model_name, engine.config.max_model_len)
+                 for name in state.served_model_names]
         return _json(ModelList(cards))
 
     @api.post("/v1/chat/completions")
@@ -125,13 +130,16 @@ def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api
         if (req.prompt is None) == (req.messages is None):
             raise bad_request("pass exactly one of prompt and messages", "prompt")
         if req.messages is not None:
+            state.limits.check_tools(req.tools, None)
             modes = state.ready_modes()
             mode = modes.mode(reasoning=req.reasoning, chat_template_kwargs=req.chat_template_kwargs,
                               reasoning_effort=req.reasoning_effort)
-            tokens = modes.render(req.messages, mode, offered_tools(req.tools, req.tool_choice),
-                                  req.chat_template_kwargs, req.add_generation_prompt)
+            tools = offered_tools(req.tools, req.tool_choice)
+            tokens = await state.limits.run("rendering the chat template", lambda: modes.render(
+                req.messages, mode, tools, req.chat_template_kwargs, req.add_generation_prompt))
         else:
-            tokens = engine.tokenizer.encode(req.prompt, add_special_tokens=req.add_special_tokens)
+            tokens = await state.limits.run("tokenizing the prompt", lambda: engine.tokenizer.encode(
+                req.prompt, add_special_tokens=req.add_special_tokens))
         return _json(TokenizeResponse(len(tokens), engine.engine.config.max_model_len, tokens))
 
     @api.post("/detokenize")

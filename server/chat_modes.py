@@ -6,6 +6,7 @@ decides per request which apply, renders the prompt, and splits each sample's te
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import re
@@ -13,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import jinja2
 import msgspec
 from msgspec import UNSET
+from transformers import PreTrainedTokenizerBase
 
 from engine.async_engine import AsyncEngine
 from engine.chat_templates import TemplateTraits, render_chat_prompt, template_traits
@@ -55,8 +56,11 @@ logger = logging.getLogger(__name__)
 NON_REASONING_SAMPLING: dict[str, float] = {"temperature": 0.3}
 REASONING_SAMPLING: dict[str, float] = {"temperature": 0.6, "top_p": 0.95, "presence_penalty": 1.5}
 
-# Arguments the server sets itself; chat_template_kwargs may not override them.
-_RESERVED_TEMPLATE_KWARGS = {"messages", "tools", "add_generation_prompt", "tokenize"}
+# chat_template_kwargs are data for the model's template, never a template or a renderer argument: every
+# parameter of apply_chat_template (chat_template, conversation, tools, documents, ...) and the names the
+# renderer gives the template itself are refused.
+RESERVED_TEMPLATE_KWARGS = frozenset(inspect.signature(PreTrainedTokenizerBase.apply_chat_template).parameters
+                                     ) - {"self", "kwargs"} | {"messages", "conversations"}
 # The engine's validation messages start with the offending field's path, e.g. `tools[0].function.name`.
 _MODE_FIELDS = {"reasoning", "reasoning_effort", "thinking_token_budget", "thinking_budget", "chat_template_kwargs",
                 "tools", "tool_choice", "response_format", "reasoning_answer_reserve", "thinking_deadline_ms"}
@@ -218,17 +222,27 @@ class ChatModes:
         """Prompt token ids of a conversation (400 when the template rejects it)."""
         if not messages:
             raise bad_request("messages must contain at least one message", "messages")
+        check_template_kwargs(chat_template_kwargs)
         kwargs = {**self.default_template_kwargs, **(chat_template_kwargs or {})}
-        reserved = sorted(_RESERVED_TEMPLATE_KWARGS & kwargs.keys())
-        if reserved:
-            raise bad_request(f"chat_template_kwargs may not set {', '.join(reserved)}", "chat_template_kwargs")
         try:
             text = render_chat_prompt(self.tokenizer.hf, template_messages(messages), enable_thinking=mode.enabled,
                                       tools=tools, template_kwargs=kwargs, traits=self.traits,
                                       add_generation_prompt=add_generation_prompt)
-        except (jinja2.TemplateError, ValueError) as e:
-            raise bad_request(f"the chat template rejected the messages: {e}", "messages") from None
+        except APIError:
+            raise
+        except Exception as e:  # what a template raises is about this request's data (e.g. documents: [1])
+            raise bad_request(f"the chat template could not render this request: {type(e).__name__}: {e}",
+                              "messages") from None
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+
+def check_template_kwargs(chat_template_kwargs: dict[str, Any] | None) -> None:
+    """400 naming the first key that the renderer reserves (a template, the conversation, tools, ...)."""
+    reserved = sorted(RESERVED_TEMPLATE_KWARGS & (chat_template_kwargs or {}).keys())
+    if reserved:
+        raise bad_request(f"chat_template_kwargs may not set `{reserved[0]}`: templates come only from the model "
+                          "or the server's --chat-template, and the server sets the conversation and tools",
+                          f"chat_template_kwargs.{reserved[0]}")
 
 def _delta_call(d: ToolCallDelta) -> DeltaToolCall:
     first = d.id is not None

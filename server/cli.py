@@ -17,6 +17,7 @@ import threading
 from typing import Any, NoReturn
 
 from engine.errors import ModelLoadError, TensorParallelError
+from server.limits import RequestLimits
 from server.schemas import DEFAULT_MAX_REQUEST_BODY_BYTES
 
 logger = logging.getLogger("exaone-serve")
@@ -77,6 +78,14 @@ def _byte_size(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be positive, got {text!r}")
     return value
+
+
+def _text_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {e.strerror}") from None
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -144,6 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--shutdown-timeout", type=_non_negative_float, default=30.0,
                        help="seconds SIGTERM/SIGINT lets running requests finish before ending them "
                             "(default 30; 0 ends them at once); a second signal exits at once")
+    serve.add_argument("--chat-template", type=_text_file,
+                       help="file with a Jinja chat template used instead of the model's (requests never set one)")
+    limits = RequestLimits()
+    serve.add_argument("--max-n", type=_positive_int, default=limits.max_n, help="most choices (n) per request")
+    serve.add_argument("--max-stop-sequences", type=_positive_int, default=limits.max_stop_sequences,
+                       help="most stop strings per request (OpenAI: 4)")
+    serve.add_argument("--max-prompts-per-request", type=_positive_int, default=limits.max_prompts,
+                       help="most prompts in one completions request")
+    serve.add_argument("--max-tools", type=_positive_int, default=limits.max_tools, help="most tools per request")
+    serve.add_argument("--max-schema-bytes", type=_byte_size, default=limits.max_schema_bytes,
+                       help="largest tools + response_format per request, as JSON (default 64KiB)")
+    serve.add_argument("--preprocess-timeout", type=float, default=limits.preprocess_timeout,
+                       help="seconds a request's template rendering, tokenisation or grammar compilation may take")
+    serve.add_argument("--preprocess-workers", type=_positive_int, default=limits.preprocess_workers,
+                       help="threads that render, tokenise and compile grammars off the event loop")
     serve.set_defaults(func=serve_command)
 
     gen = sub.add_parser("generate", parents=[common], help="print the completion of one prompt")
@@ -206,7 +230,10 @@ def serve_command(args: argparse.Namespace) -> None:
                      default_chat_template_kwargs=args.default_chat_template_kwargs,
                      max_thinking_tokens=args.max_thinking_tokens, thinking_deadline_ms=args.thinking_deadline_ms,
                      **({} if args.reasoning_answer_reserve is None
-                        else {"reasoning_answer_reserve": args.reasoning_answer_reserve}))
+                        else {"reasoning_answer_reserve": args.reasoning_answer_reserve}),
+                     limits=RequestLimits(
+                         args.max_n, args.max_stop_sequences, args.max_prompts_per_request, args.max_tools,
+                         args.max_schema_bytes, args.preprocess_timeout, args.preprocess_workers))
     state = app.state.server
     server = DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level),
                             state, args.shutdown_timeout)
@@ -223,6 +250,8 @@ def serve_command(args: argparse.Namespace) -> None:
             engine = LLMEngine(args.model, device, args.dtype, EngineConfig(**_engine_args(args)))
             if engine.executor is not None:
                 engine.executor.on_failure = worker_failed
+            if args.chat_template is not None:
+                engine.tokenizer.hf.chat_template = args.chat_template
             async_engine = AsyncEngine(engine, args.max_queued_requests, start=False)
             attach_engine(app, async_engine)
             logger.info("model loaded; serving %s on http://%s:%d/v1", names[0], args.host, args.port)

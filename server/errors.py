@@ -52,7 +52,8 @@ def from_validation(exc: msgspec.ValidationError | msgspec.DecodeError) -> APIEr
     if isinstance(exc, msgspec.DecodeError) and not isinstance(exc, msgspec.ValidationError):
         return bad_request(f"invalid JSON body: {message}")
     match = _MSGSPEC_PATH.search(message)
-    param = (match.group(1) or None) if match else None
+    # a value inside a dict shows as `logit_bias[...]`: the field is what the client can act on
+    param = (match.group(1).replace("[...]", "") or None) if match else None
     if message.startswith("Object missing required field"):
         # "Object missing required field `function` - at `$.tools[0]`": the path is the field's parent
         field = re.search(r"`([^`]+)`", message)
@@ -89,5 +90,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _internal_error(_: Request, exc: Exception) -> Response:
+        # The exception text stays in the log: it may show paths or internals to a client.
         logger.exception("unhandled error")
-        return APIError(500, f"internal server error: {exc}", type="server_error", code="internal_error").response()
+        return APIError(500, "internal server error (see the server log)", type="server_error",
+                        code="internal_error").response()

@@ -5,10 +5,10 @@ Request Structs ignore unknown fields, as vLLM does; field names follow OpenAI, 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
-from msgspec import UNSET, Struct, UnsetType
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 from server.tool_schemas import (
     DeltaToolCall,
@@ -20,6 +20,17 @@ from server.tool_schemas import (
 )
 
 DEFAULT_MAX_REQUEST_BODY_BYTES = 4 << 20  # larger bodies get 413 unless the server is told otherwise
+
+# Bounded numbers, checked while decoding (400 naming the field). Integers are signed 64-bit as OpenAI's
+# `seed` is; float ranges are OpenAI's (temperature [0, 2], penalties [-2, 2], logit_bias [-100, 100]).
+Int64 = Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)]
+Count = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+Temperature = Annotated[float, Meta(ge=0.0, le=2.0)]
+Probability = Annotated[float, Meta(ge=0.0, le=1.0)]
+TopP = Annotated[float, Meta(gt=0.0, le=1.0)]
+Penalty = Annotated[float, Meta(ge=-2.0, le=2.0)]
+RepetitionPenalty = Annotated[float, Meta(gt=0.0, le=10.0)]
+LogitBias = Annotated[float, Meta(ge=-100.0, le=100.0)]
 
 # ---- requests --------------------------------------------------------------------------------
 
@@ -51,19 +62,20 @@ class SamplingRequest(Struct, kw_only=True):
     """Fields shared by chat and completions requests (vLLM's extras included)."""
 
     model: str | None = None
-    n: int = 1
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    repetition_penalty: float | None = None
-    seed: int | None = None
+    n: Annotated[int, Meta(ge=1, le=2**63 - 1)] = 1
+    max_tokens: Count | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: Annotated[int, Meta(ge=-1, le=2**63 - 1)] | None = None
+    min_p: Probability | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    seed: Int64 | None = None
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
-    min_tokens: int = 0
+    stop_token_ids: list[Int64] | None = None
+    logit_bias: dict[str, LogitBias] | None = None  # token id (as text) -> bias added to its logit
+    min_tokens: Count = 0
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
@@ -82,15 +94,15 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
     """POST /v1/chat/completions."""
 
     messages: list[Message]
-    max_completion_tokens: int | None = None
+    max_completion_tokens: Int64 | None = None
     logprobs: bool = False
-    top_logprobs: int | None = None
+    top_logprobs: Int64 | None = None
     chat_template_kwargs: dict[str, Any] | None = None
     # Mode switching (issue 5); vLLM's and llama.cpp's names where they have one.
     reasoning: bool | None = None
     reasoning_effort: str | None = None
-    thinking_token_budget: int | None = None
-    thinking_budget: int | None = None  # alias of thinking_token_budget
+    thinking_token_budget: Int64 | None = None
+    thinking_budget: Int64 | None = None  # alias of thinking_token_budget
     thinking_budget_message: str | None = None
     reasoning_answer_reserve: int | None = None  # answer tokens kept out of max_tokens (default: the server's)
     thinking_deadline_ms: int | None = None  # end thinking this long after arrival (default: the server's)
@@ -103,9 +115,9 @@ class ChatCompletionRequest(SamplingRequest, kw_only=True):
 class CompletionRequest(SamplingRequest, kw_only=True):
     """POST /v1/completions; `prompt` is a string, strings, token ids, or lists of token ids."""
 
-    prompt: str | list[str | int | list[int]]
+    prompt: str | list[str | Int64 | list[Int64]]
     echo: bool = False
-    logprobs: int | None = None
+    logprobs: Int64 | None = None
 
 
 class TokenizeRequest(Struct, kw_only=True):
@@ -127,7 +139,7 @@ class TokenizeRequest(Struct, kw_only=True):
 class DetokenizeRequest(Struct, kw_only=True):
     """POST /detokenize."""
 
-    tokens: list[int]
+    tokens: list[Int64]
     model: str | None = None
 
 

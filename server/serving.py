@@ -18,6 +18,7 @@ from engine.reasoning import DEFAULT_ANSWER_RESERVE
 from engine.sampling_params import SamplingParams
 from server.chat_modes import ChatModes, ProcessorFactory
 from server.errors import APIError, bad_request, from_validation, from_value_error
+from server.limits import RequestLimits
 from server.metrics import RequestTracker, ServerMetrics
 from server.schemas import DEFAULT_MAX_REQUEST_BODY_BYTES, SamplingRequest
 
@@ -43,6 +44,7 @@ class ServerState:
     engine: AsyncEngine | None = None
     reasoning_answer_reserve: float = DEFAULT_ANSWER_RESERVE
     thinking_deadline_ms: int | None = None
+    limits: RequestLimits = field(default_factory=RequestLimits)
     modes: ChatModes | None = field(default=None, init=False)
     metrics: ServerMetrics = field(init=False)
     _logged_unknown: set[str] = field(default_factory=set, init=False, repr=False)
@@ -96,7 +98,14 @@ class ServerState:
         return text
 
     async def read_body(self, request: Request, type: type[T]) -> T:
-        """Read at most max_request_body_bytes (413 past it) and decode it as `type` (400 if invalid)."""
+        """Read at most max_request_body_bytes (413 past it) and decode it as `type` (400 if invalid).
+
+        Only `application/json` is read (415 otherwise): a web page can send text/plain to a local
+        server without a CORS preflight, but not JSON."""
+        media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media_type != "application/json":
+            raise APIError(415, f"send the body as application/json, not {media_type or 'no content type'}",
+                           code="unsupported_media_type")
         limit = self.max_request_body_bytes
         too_large = APIError(413, f"the request body is larger than {limit} bytes", code="request_too_large")
         length = request.headers.get("content-length", "")
@@ -113,6 +122,8 @@ class ServerState:
             parsed = msgspec.json.decode(body, type=type)
         except (msgspec.ValidationError, msgspec.DecodeError) as e:
             raise from_validation(e) from None
+        except RecursionError:
+            raise bad_request("the JSON body nests too deeply") from None
         if logger.isEnabledFor(logging.DEBUG):
             self._log_unknown_fields(body, type)
         return parsed
@@ -133,10 +144,20 @@ class ServerState:
 
         `defaults` fill sampling fields the request leaves unset (absent or null); `factories` build
         per-sample logits processors."""
-        max_n = self.ready_engine().engine.config.max_num_seqs
+        engine = self.ready_engine().engine
+        max_n = min(self.limits.max_n, engine.config.max_num_seqs)
         if req.n > max_n:
-            raise bad_request(f"n must be at most {max_n} (the server's --max-num-seqs), got {req.n}", "n")
+            raise bad_request(f"n must be at most {max_n} (the server's --max-n and --max-num-seqs), "
+                              f"got {req.n}", "n")
+        if req.stream_options is not None and not req.stream:
+            raise bad_request("stream_options is only allowed with stream: true", "stream_options")
+        self.limits.check_stop(req.stop)
+        vocab = engine.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in req.stop_token_ids or ()):
+            raise bad_request(f"stop_token_ids must be token ids in [0, {vocab})", "stop_token_ids")
         given = {name: getattr(req, name) for name in _OPTIONAL_SAMPLING if getattr(req, name) is not None}
+        if req.logit_bias:
+            given["logit_bias"] = _logit_bias(req.logit_bias, vocab)
         try:
             return SamplingParams(
                 n=req.n, max_tokens=max_tokens, min_tokens=req.min_tokens, stop=req.stop or [],
@@ -145,6 +166,17 @@ class ServerState:
                 logits_processor_factories=list(factories or []), **{**(defaults or {}), **given})
         except ValueError as e:
             raise from_value_error(e, _SAMPLING_FIELDS) from None
+
+
+def _logit_bias(bias: dict[str, float], vocab: int) -> dict[int, float]:
+    """OpenAI's logit_bias (token id as text -> bias); 400 for a key that is not a token id."""
+    out = {}
+    for key, value in bias.items():
+        token = int(key) if key.isascii() and key.isdigit() and len(key) < 20 else -1
+        if not 0 <= token < vocab:
+            raise bad_request(f"logit_bias keys must be token ids in [0, {vocab}), got {key!r}", "logit_bias")
+        out[token] = value
+    return out
 
 
 def engine_error(exc: Exception) -> APIError:
@@ -158,7 +190,8 @@ def engine_error(exc: Exception) -> APIError:
         return bad_request(str(exc))
     if isinstance(exc, APIError):
         return exc
-    return APIError(500, f"internal error: {exc}", type="server_error", code="internal_error")
+    logger.error("request failed: %r", exc)  # the text stays in the log, as for any unhandled error
+    return APIError(500, "internal server error (see the server log)", type="server_error", code="internal_error")
 
 
 class EngineRequest:

@@ -11,8 +11,10 @@ from fastapi.responses import Response
 from msgspec import UNSET, UnsetType
 
 from engine.outputs import CompletionOutput, TokenLogprob
+from engine.sampling_params import SamplingParams
 from server.chat_modes import ChatPlan
 from server.errors import bad_request
+from server.limits import MAX_TOP_LOGPROBS, check_depth
 from server.schemas import (
     ChatChoice,
     ChatChunkChoice,
@@ -29,8 +31,6 @@ from server.schemas import (
 )
 from server.serving import RequestGroup, ServerState
 from server.streaming import DONE, error_event, event, respond
-
-MAX_TOP_LOGPROBS = 20
 
 
 def chat_logprobs(state: ServerState, entries: list[TokenLogprob]) -> ChatLogprobs:
@@ -63,18 +63,30 @@ async def create_chat_completion(state: ServerState, request: Request) -> Respon
             raise bad_request(f"max_completion_tokens must be at least 1, got {req.max_completion_tokens}",
                               "max_completion_tokens")
         max_tokens = req.max_completion_tokens
-    modes = state.ready_modes()
-    plan = modes.plan(req, max_tokens)
-    params = state.sampling_params(req, max_tokens, (req.top_logprobs or 0) if req.logprobs else None,
-                                   plan.sampling_defaults, plan.factories)
-    params.reasoning = plan.mode.enabled  # its lane under --scheduling-policy mode-aware
-    prompt_ids = modes.render(req.messages, plan.mode, plan.tools, req.chat_template_kwargs)
+    plan, params, prompt_ids = await prepare_chat(state, req, max_tokens,
+                                                  (req.top_logprobs or 0) if req.logprobs else None)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     group = RequestGroup(state, request_id, [prompt_ids], params)
     created = int(time.time())
     return await respond(request, group, req.stream,
                          lambda: _stream(state, req, plan, group, request_id, created),
                          lambda: _collect(state, req, plan, group, request_id, created))
+
+
+async def prepare_chat(state: ServerState, req: ChatCompletionRequest, max_tokens: int | None,
+                       logprobs: int | None) -> tuple[ChatPlan, SamplingParams, list[int]]:
+    """Limits, the mode plan, sampling params and the rendered prompt of a chat request (also the
+    Responses API's); schema checks, grammar compilation, rendering and tokenisation run off the event loop."""
+    state.limits.check_tools(req.tools, req.response_format)
+    check_depth(req.chat_template_kwargs, "chat_template_kwargs")
+    check_depth([c.function.arguments for m in req.messages for c in m.tool_calls or ()], "messages")
+    modes = state.ready_modes()
+    plan = await state.limits.run("building the grammar for tools/response_format", lambda: modes.plan(req, max_tokens))
+    params = state.sampling_params(req, max_tokens, logprobs, plan.sampling_defaults, plan.factories)
+    params.reasoning = plan.mode.enabled  # its lane under --scheduling-policy mode-aware
+    prompt_ids = await state.limits.run("rendering the chat template", lambda: modes.render(
+        req.messages, plan.mode, plan.tools, req.chat_template_kwargs))
+    return plan, params, prompt_ids
 
 
 def _usage(plan: ChatPlan, group: RequestGroup, outputs: list[list[int]], cached_tokens: int) -> UsageInfo:

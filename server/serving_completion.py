@@ -27,8 +27,10 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for legacy completions
 
 
 def prompt_inputs(state: ServerState, prompt: str | list[str | int | list[int]]) -> list[tuple[str | None, list[int]]]:
-    """(text if given as text, token ids) per prompt; 400 for an empty or mixed list."""
+    """(text if given as text, token ids) per prompt; 400 for an empty or mixed list, or too many prompts."""
     tokenizer = state.ready_engine().tokenizer
+    if isinstance(prompt, list) and not all(isinstance(p, int) for p in prompt):
+        state.limits.check_count("prompt", len(prompt), state.limits.max_prompts, "--max-prompts-per-request")
     if isinstance(prompt, str):
         return [(prompt, tokenizer.encode(prompt))]
     if prompt and all(isinstance(p, str) for p in prompt):
@@ -74,15 +76,22 @@ def echo_logprobs(state: ServerState, out: RequestOutput,
     return completion_logprobs(state, scored + (generated or []), 0, first_prompt_token=out.prompt_token_ids[0])
 
 
+def _scored(delta: CompletionOutput) -> CompletionOutput:
+    """What a prompt-scoring request (echo with max_tokens 0) shows of a delta: no generated token."""
+    return CompletionOutput(delta.index, "", [], [], "length" if delta.finish_reason is not None else None)
+
+
 async def create_completion(state: ServerState, request: Request) -> Response:
     """Handle one completions request (one engine request per prompt)."""
     req = await state.read_body(request, CompletionRequest)
     state.check_model(req.model)
-    max_tokens = req.max_tokens if req.max_tokens is not None else DEFAULT_MAX_TOKENS
+    # echo with max_tokens 0 scores the prompt (lm-eval-harness asks so): one token is computed, then dropped
+    score_only = req.echo and req.max_tokens == 0
+    max_tokens = 1 if score_only else req.max_tokens if req.max_tokens is not None else DEFAULT_MAX_TOKENS
     # with echo, the echoed prompt tokens get their logprobs too
     params = state.sampling_params(req, max_tokens, req.logprobs,
                                    prompt_logprobs=req.logprobs if req.echo else None)
-    inputs = prompt_inputs(state, req.prompt)
+    inputs = await state.limits.run("tokenizing the prompts", lambda: prompt_inputs(state, req.prompt))
     tokenizer = state.ready_engine().tokenizer
     echoes = [(text if text is not None else tokenizer.decode(ids, skip_special_tokens=False)) if req.echo else ""
               for text, ids in inputs]
@@ -90,8 +99,8 @@ async def create_completion(state: ServerState, request: Request) -> Response:
     group = RequestGroup(state, request_id, [ids for _, ids in inputs], params)
     created = int(time.time())
     return await respond(request, group, req.stream,
-                         lambda: _stream(state, req, group, echoes, request_id, created),
-                         lambda: _collect(state, req, group, echoes, request_id, created))
+                         lambda: _stream(state, req, group, echoes, request_id, created, score_only),
+                         lambda: _collect(state, req, group, echoes, request_id, created, score_only))
 
 
 def _usage(group: RequestGroup, completion_tokens: int, cached_tokens: dict[int, int]) -> UsageInfo:
@@ -101,7 +110,7 @@ def _usage(group: RequestGroup, completion_tokens: int, cached_tokens: dict[int,
 
 
 async def _collect(state: ServerState, req: CompletionRequest, group: RequestGroup, echoes: list[str],
-                   request_id: str, created: int) -> CompletionResponse:
+                   request_id: str, created: int, score_only: bool) -> CompletionResponse:
     n = req.n
     samples = [CompletionOutput(i, "", []) for i in range(n * len(echoes))]
     scored: list[RequestOutput | None] = [None] * len(echoes)  # the output that carried prompt logprobs
@@ -111,7 +120,7 @@ async def _collect(state: ServerState, req: CompletionRequest, group: RequestGro
         if out.prompt_logprobs is not None:
             scored[prompt] = out
         for delta in out.outputs:
-            samples[prompt * n + delta.index].extend(delta)
+            samples[prompt * n + delta.index].extend(_scored(delta) if score_only else delta)
 
     def logprobs(i: int, s: CompletionOutput) -> CompletionLogprobs | None:
         if req.logprobs is None:
@@ -127,7 +136,7 @@ async def _collect(state: ServerState, req: CompletionRequest, group: RequestGro
 
 
 async def _stream(state: ServerState, req: CompletionRequest, group: RequestGroup, echoes: list[str],
-                  request_id: str, created: int) -> AsyncIterator[bytes]:
+                  request_id: str, created: int, score_only: bool) -> AsyncIterator[bytes]:
     usage: UnsetType | None = None if req.include_usage else UNSET
     n = req.n
 
@@ -150,6 +159,7 @@ async def _stream(state: ServerState, req: CompletionRequest, group: RequestGrou
                 for i in range(prompt * n, prompt * n + n):
                     yield chunk(CompletionChoice(i, echoes[prompt], echoed, None))
             for delta in out.outputs:
+                delta = _scored(delta) if score_only else delta
                 index = prompt * n + delta.index
                 completion_tokens += len(delta.token_ids)
                 logprobs = None

@@ -45,6 +45,7 @@ from server.responses_schemas import (
 )
 from server.schemas import ChatCompletionRequest, Message, encode
 from server.serving import RequestGroup, ServerState, engine_error
+from server.serving_chat import prepare_chat
 from server.streaming import respond
 from server.tool_schemas import (
     FunctionCall,
@@ -260,10 +261,7 @@ async def create_response(state: ServerState, request: Request) -> Response:
     state.check_model(req.model)
     with responses_params():
         chat = chat_request(req)
-        modes = state.ready_modes()
-        plan = modes.plan(chat)
-        params = state.sampling_params(chat, chat.max_completion_tokens, None, plan.sampling_defaults, plan.factories)
-        prompt_ids = modes.render(chat.messages, plan.mode, plan.tools, None)
+        plan, params, prompt_ids = await prepare_chat(state, chat, chat.max_completion_tokens, None)
     response_id = _id("resp")
     group = RequestGroup(state, response_id, [prompt_ids], params)
     response = ResponseObject(

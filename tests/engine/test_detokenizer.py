@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.detokenizer import IncrementalDetokenizer
+from engine.detokenizer import IncrementalDetokenizer, StopStringMatcher
 from engine.gguf_loader import gguf_tokenizer_dir
 from engine.sampling_params import SamplingParams
 from engine.tokenizer import Tokenizer
@@ -142,3 +142,37 @@ def test_stream_restarts_after_an_invalid_prefix_error(tokenizer: Tokenizer) -> 
     deltas = [detok.update([i]) for i in ids]
     assert all("\ufffd" not in d for d in deltas)
     assert "".join(deltas) + detok.flush() == MULTIBYTE
+
+
+def first_stop(text: str, stops: list[str]) -> tuple[int, str] | None:
+    """Reference: (end, stop) at the first position where some stop has completed (the longest there)."""
+    for end in range(1, len(text) + 1):
+        done = [s for s in stops if text[:end].endswith(s)]
+        if done:
+            return end, max(done, key=len)
+    return None
+
+
+def test_stop_matcher_agrees_with_a_brute_force_search_however_the_text_is_cut() -> None:
+    rng = random.Random(0)
+    for _ in range(300):
+        text = "".join(rng.choice("aab") for _ in range(rng.randint(0, 40)))
+        stops = ["".join(rng.choice("ab") for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 4))]
+        matcher, fed, hit = StopStringMatcher(stops), 0, None
+        while fed < len(text) and hit is None:
+            piece = text[fed:fed + rng.randint(1, 5)]
+            found = matcher.feed(piece)
+            hit = (fed + found[0], found[1]) if found else None
+            fed += len(piece)
+        assert hit == first_stop(text, stops), (text, stops)
+        if hit is None:  # what is held back: the longest tail that could still become a stop
+            assert matcher.partial_len == max(
+                (n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+
+
+def test_stop_strings_are_ignored_before_min_tokens(tokenizer: Tokenizer) -> None:
+    ids = tokenizer.encode("a b a b a b a b")
+    detok, deltas = stream(tokenizer, ids, stop=[" b"], min_tokens=4)
+    assert detok.finished and "".join(deltas) == tokenizer.decode(ids[:3]) == "a b a"  # the 4th token stops
+    detok, deltas = stream(tokenizer, ids, stop=[" b"])
+    assert "".join(deltas) == "a"

@@ -1,5 +1,6 @@
 """Continuous batching: batch invariance, ring wrap-around, preemption, leaks, seeds, stop strings, n > 1."""
 
+import logging
 import math
 import random
 
@@ -95,6 +96,8 @@ def test_random_requests_aborts_and_stop_strings_leave_no_block_behind(tiny_mode
     pending = list(range(200))
     live: list[str] = []
     texts: dict[str, str] = {}
+    tokens: dict[str, list[int]] = {}
+    reasons: dict[str, str | None] = {}
     stops: dict[str, list[str]] = {}
     while pending or engine.has_unfinished():
         for _ in range(rng.randint(0, 6)):
@@ -113,12 +116,20 @@ def test_random_requests_aborts_and_stop_strings_leave_no_block_behind(tiny_mode
             for o in out.outputs:
                 key = f"{out.request_id}/{o.index}"
                 texts[key] = texts.get(key, "") + o.text
+                tokens[key] = tokens.get(key, []) + o.token_ids
+                reasons[key] = o.finish_reason
             if out.finished and out.request_id in live:
                 live.remove(out.request_id)
     assert_no_blocks_held(llm)
     for key, text in texts.items():
-        for stop in stops[key.split("/")[0]]:
-            assert stop not in text, (key, stop, text)
+        request_stops = stops[key.split("/")[0]]
+        full = llm.tokenizer.decode(tokens[key])
+        if reasons[key] == "stop" and request_stops:  # the longest prefix before the first stop to complete
+            end = next(e for e in range(len(full) + 1) if any(full[:e].endswith(s) for s in request_stops))
+            cut = max(len(s) for s in request_stops if full[:end].endswith(s))
+            assert text == full[: end - cut], (key, request_stops, text, full)
+        elif reasons[key] == "length":  # no stop completed: the whole text
+            assert text == full and not any(s in full for s in request_stops), (key, request_stops, text)
 
 
 def test_seeded_sampling_is_independent_of_batch_composition(tiny_models):
@@ -135,11 +146,15 @@ def test_n_samples_share_the_prompt_prefill(tiny_models):
     llm = LLM(model=str(tiny_models["exaone_hybrid"]), progress=False, block_size=4)
     prompt = random_prompts(49152, [23], seed=6)[0]
     single = tokens_of(llm.generate(prompt_token_ids=[prompt], sampling_params=greedy(12)))[0]
+    before = llm.engine.num_prompt_tokens_computed
     out = llm.generate(prompt_token_ids=[prompt], sampling_params=greedy(12, n=3))[0]
     assert [o.token_ids for o in out.outputs] == [single] * 3
+    assert llm.engine.num_prompt_tokens_computed - before == len(prompt)  # prefilled once, forked twice
+    before = llm.engine.num_prompt_tokens_computed
     sampled = llm.generate(prompt_token_ids=[prompt], sampling_params=SamplingParams(
-        n=4, max_tokens=12, temperature=1.0, seed=7, ignore_eos=True))[0]
+        n=4, max_tokens=12, temperature=1.0, seed=2**63 - 2, ignore_eos=True))[0]  # seeds past int64: mod 2**64
     assert len({tuple(o.token_ids) for o in sampled.outputs}) > 1
+    assert llm.engine.num_prompt_tokens_computed - before == len(prompt)
     assert_no_blocks_held(llm)
 
 
@@ -158,4 +173,42 @@ def test_a_failing_logits_processor_ends_only_its_request(tiny_models):
     assert len(outputs[1].outputs[0].token_ids) == 2
     assert tokens_of(outputs)[0] == tokens_of(llm.generate(prompt_token_ids=prompts[:1],
                                                            sampling_params=greedy(8)))[0]
+    assert_no_blocks_held(llm)
+
+
+def test_max_model_len_is_lowered_to_what_the_cache_holds_and_a_lone_sequence_ends(tiny_models, caplog):
+    caplog.set_level(logging.WARNING, logger="engine.llm_engine")
+    # 16 blocks of 4 tokens per pool: one sequence can never grow past 64 tokens
+    llm = LLM(model=str(tiny_models["exaone_hybrid"]), progress=False, block_size=4, kv_cache_memory=64 * 1024)
+    assert llm.engine.config.max_model_len == 64
+    assert any("4096" in r.getMessage() and "64" in r.getMessage() for r in caplog.records)
+    engine = llm.engine
+    engine.add_request("long", random_prompts(49152, [20], seed=3)[0],
+                       SamplingParams(max_tokens=None, ignore_eos=True, temperature=0.0))
+    outputs = []
+    for _ in range(200):  # a livelock would preempt and recompute forever
+        outputs += engine.step()
+        if not engine.has_unfinished():
+            break
+    assert outputs[-1].finished and outputs[-1].outputs[0].finish_reason == "length"
+    assert sum(len(o.outputs[0].token_ids) for o in outputs) == 64 - 20
+    assert engine.stats()["num_preemptions"] == 0
+    assert_no_blocks_held(llm)
+
+
+def test_what_a_request_builds_in_the_engine_fails_that_request_alone(tiny_models):
+    llm = LLM(model=str(tiny_models["llama"]), progress=False)
+    engine = llm.engine
+
+    def broken_factory():
+        raise RuntimeError("grammar matcher exploded")
+
+    prompts = random_prompts(49152, [10, 12], seed=11)
+    engine.add_request("ok", prompts[0], greedy(6))
+    with pytest.raises(RequestRejected, match="exploded"):
+        engine.add_request("bad", prompts[1], greedy(6, logits_processor_factories=[broken_factory], n=2))
+    outputs = []
+    while engine.has_unfinished():
+        outputs += engine.step()
+    assert {o.request_id for o in outputs} == {"ok"} and outputs[-1].outputs[0].finish_reason == "length"
     assert_no_blocks_held(llm)

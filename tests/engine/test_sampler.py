@@ -166,3 +166,34 @@ def test_logits_processors_see_output_and_shape_the_choice(logits: torch.Tensor)
     assert out.token_ids[0] == logits[0].topk(2).indices[1]
     assert out.token_ids[1] == logits[1].argmax()
     assert out.token_ids[2] == 7 and out.logprobs[2] == 0.0
+
+
+def test_logit_bias_is_added_before_penalties_and_logprobs(logits: torch.Tensor) -> None:
+    worst = int(logits[0].argmin())
+    rows = [row(temperature=0.0, logit_bias={worst: 100.0}, logprobs=0),
+            row(temperature=0.0, logit_bias={int(logits[1].argmax()): -100.0}),
+            row(temperature=0.0), row(temperature=1.0, logit_bias={5: 100.0}, seed=1),
+            row(temperature=0.0, logit_bias={V + 7: 100.0}),  # past the logits (a padded vocabulary): ignored
+            row(temperature=0.0, logit_bias={})]
+    before = logits.clone()
+    out = sample(logits, rows)
+    torch.testing.assert_close(logits, before)  # the caller's logits are not touched
+    biased = logits[0].clone()
+    biased[worst] += 100.0
+    assert out.token_ids[0] == worst
+    torch.testing.assert_close(out.logprobs[0], torch.log_softmax(biased, -1)[worst])
+    assert out.token_ids[1] == logits[1].topk(2).indices[1]
+    assert out.token_ids[2] == logits[2].argmax() and out.token_ids[3] == 5
+    assert out.token_ids[4] == logits[4].argmax() and out.token_ids[5] == logits[5].argmax()
+
+
+@pytest.mark.parametrize("seed", [2**63, -(2**63) - 1])
+def test_seeds_outside_int64_are_rejected(seed: int) -> None:
+    with pytest.raises(ValueError, match="seed"):
+        SamplingParams(seed=seed)
+
+
+@pytest.mark.parametrize("field", ["temperature", "repetition_penalty"])
+def test_infinite_temperature_or_penalty_is_rejected(field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        SamplingParams(**{field: float("inf")})

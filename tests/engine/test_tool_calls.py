@@ -18,7 +18,7 @@ CASES = [  # text -> (content, [(name, arguments)])
     ('<tool_call>{"name": "h", "arguments": "{\\"y\\": 2}"}</tool_call>', "", [("h", {"y": 2})]),
     ("Hi.\n<tool_call>not json</tool_call> bye", "Hi.\n<tool_call>not json</tool_call> bye", []),
     ("No tools here, just a < and a <tool.", "No tools here, just a < and a <tool.", []),
-    ('Cut: <tool_call>{"name": "f", "argu', 'Cut: <tool_call>{"name": "f", "argu', []),
+    ('Cut: <tool_call>{"name": "f", "argu', "Cut:", []),  # a cut call never reaches the content
 ]
 
 

@@ -130,8 +130,9 @@ def test_generate_prints_the_completion():
     (["serve", "--reasoning-answer-reserve", "1.5"], "--reasoning-answer-reserve"),
     (["serve", "--thinking-deadline-ms", "-1"], "--thinking-deadline-ms"),
     (["serve", "--scheduling-policy", "lifo"], "--scheduling-policy"),
-
     (["serve", "--attention-backend", "flash"], "--attention-backend"),
+    (["serve", "--chat-template", "/no/such/template.jinja"], "/no/such/template.jinja"),
+    (["serve", "--max-stop-sequences", "0"], "--max-stop-sequences"),
     (["generate", "--model", "{tiny}", "--max-model-len", "8", "hello " * 20], "max_model_len (8)"),
 ])
 def test_errors_are_one_line_and_exit_1(tiny_models, args, expected):

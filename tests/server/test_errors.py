@@ -70,7 +70,7 @@ CHAT_CASES = {
     "n 0": (chat(n=0), 400, "n"),
     "top_logprobs without logprobs": (chat(top_logprobs=2), 400, "top_logprobs"),
     "top_logprobs over 20": (chat(logprobs=True, top_logprobs=21), 400, "top_logprobs"),
-    "reserved template kwarg": (chat(chat_template_kwargs={"tools": []}), 400, "chat_template_kwargs"),
+    "reserved template kwarg": (chat(chat_template_kwargs={"tools": []}), 400, "chat_template_kwargs.tools"),
 }
 
 
@@ -128,7 +128,8 @@ def test_body_over_the_limit_is_413(http):
             yield b"x" * 1024
         yield b'"}]}'
 
-    assert_openai_error(http.post("/v1/chat/completions", content=chunked()), 413)
+    assert_openai_error(http.post("/v1/chat/completions", content=chunked(),
+                                  headers={"content-type": "application/json"}), 413)
     assert_still_serving(http)
 
 

@@ -208,3 +208,29 @@ def test_echo_with_logprobs_scores_the_prompt_streaming_or_not(client, base_url)
         if chunk.choices and chunk.choices[0].logprobs:
             streamed_logprobs += chunk.choices[0].logprobs.token_logprobs
     assert streamed_logprobs == lp.token_logprobs
+
+
+def test_echo_with_max_tokens_0_scores_the_prompt_only(client, base_url):
+    prompt_ids = tokenize(base_url, prompt=COUNTING)
+    kwargs = dict(model=MODEL, prompt=COUNTING, temperature=0, echo=True, logprobs=1)
+    scored = client.completions.create(max_tokens=0, **kwargs)
+    choice = scored.choices[0]
+    assert choice.text == COUNTING and choice.finish_reason == "length"
+    assert len(choice.logprobs.tokens) == len(prompt_ids) and scored.usage.completion_tokens == 0
+    generated = client.completions.create(max_tokens=2, **kwargs).choices[0].logprobs
+    assert choice.logprobs.token_logprobs == generated.token_logprobs[: len(prompt_ids)]
+    streamed = [c.choices[0] for c in client.completions.create(max_tokens=0, stream=True, **kwargs) if c.choices]
+    assert "".join(c.text for c in streamed) == COUNTING and streamed[-1].finish_reason == "length"
+    assert [x for c in streamed if c.logprobs for x in c.logprobs.token_logprobs] == \
+        choice.logprobs.token_logprobs
+    with pytest.raises(Exception, match="max_tokens"):  # without echo there is nothing to return
+        client.completions.create(model=MODEL, prompt=COUNTING, max_tokens=0)
+
+
+def test_stop_strings_wait_for_min_tokens(client):
+    kwargs = {"model": MODEL, "prompt": COUNTING, "max_tokens": 12, "temperature": 0, "stop": [","]}
+    early = client.completions.create(**kwargs).choices[0]
+    assert early.finish_reason == "stop" and "," not in early.text
+    late = client.completions.create(**kwargs, extra_body={"min_tokens": 6})
+    assert late.usage.completion_tokens >= 6  # the commas before the 6th token did not stop it
+    assert late.choices[0].finish_reason == "stop" and late.choices[0].text.startswith(early.text + ",")

@@ -101,3 +101,13 @@ def test_reasoning_fallback_for_a_template_without_thinking(client, base_url):
     forced = len(httpx2.post(f"{base_url}/tokenize", json={"prompt": "</think>\n\n", "add_special_tokens": False})
                  .json()["tokens"])
     assert 0 < usage.completion_tokens_details.reasoning_tokens <= 6 + forced
+
+
+def test_a_call_cut_by_max_tokens_never_reaches_the_content(client):
+    for max_tokens in (2, 5, 8, 11):  # cut inside the tag, the name, the arguments
+        kwargs = tools_request(tool_choice="required", max_tokens=max_tokens, seed=5, n=2)
+        for choice in client.chat.completions.create(**kwargs).choices:
+            assert "<tool_call>" not in (choice.message.content or ""), (max_tokens, choice)
+        for chunk in client.chat.completions.create(**kwargs, stream=True):
+            for c in chunk.choices:
+                assert "<tool_call>" not in (c.delta.content or ""), (max_tokens, chunk)
