@@ -61,7 +61,7 @@ def _plain_greedy(params: SamplingParams) -> bool:
     """True when a row's token is the argmax of the raw logits: greedy, nothing alters or reads them."""
     return (params.greedy and params.logprobs is None and not params.logits_processors and params.min_tokens == 0
             and params.repetition_penalty == 1.0 and params.presence_penalty == 0.0
-            and params.frequency_penalty == 0.0)
+            and params.frequency_penalty == 0.0 and not params.logit_bias)
 
 
 def _greedy(logits: torch.Tensor) -> SamplerOutput:
