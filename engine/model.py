@@ -13,7 +13,6 @@ from torch import nn
 from engine.attention import AttentionBackend, AttentionMetadata
 from engine.config import LayerSpec, ModelConfig, rope_inv_freq
 from engine.errors import ModelLoadError
-from engine.loader import iter_weights
 from engine.parallel.layers import (
     ColumnParallelLinear,
     ParallelLMHead,
@@ -156,6 +155,8 @@ class HybridTransformer(nn.Module):
     def from_checkpoint(cls, path: Path, cfg: ModelConfig, backend: AttentionBackend, dtype: torch.dtype,
                         device: torch.device, max_len: int, progress: bool = False) -> HybridTransformer:
         """Build the model on `device` and load its weights (this rank's slices in a tensor-parallel group)."""
+        from engine.loader import iter_weights  # here, so the model imports without gguf (GPU check image)
+
         default_dtype = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         try:

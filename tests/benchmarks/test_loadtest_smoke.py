@@ -31,8 +31,9 @@ LOAD = ["--scenario", "chat=1,reasoning=1,tools=1,json=1,long=1", "--output-toke
 def servers(tiny_models):
     engines = [make_engine(str(tiny_models["exaone_hybrid"]), max_model_len=1024) for _ in range(2)]
     try:
-        with live_server(create_app(engines[0], served_model_names=["tiny"])) as ours, \
-                live_server(create_app(engines[1], served_model_names=["tiny"])) as plain:
+        # No answer reserve: with 6 output tokens it would leave the reasoning scenario no thinking to time.
+        with live_server(create_app(engines[0], served_model_names=["tiny"], reasoning_answer_reserve=0)) as ours, \
+                live_server(create_app(engines[1], served_model_names=["tiny"], reasoning_answer_reserve=0)) as plain:
             yield ours, plain
     finally:
         for engine in engines:

@@ -80,10 +80,11 @@ def test_preemption_recomputes_to_the_same_tokens(tiny_models):
 
 def test_requests_that_can_never_fit_are_rejected_with_numbers(tiny_models):
     llm = LLM(model=str(tiny_models["exaone_global"]), progress=False, max_model_len=64, kv_cache_memory=16 * 1024)
-    with pytest.raises(RequestRejected, match="64"):
+    assert llm.engine.config.max_model_len == 32  # lowered to the tokens one sequence can hold in the pool
+    with pytest.raises(RequestRejected, match=r"max_model_len \(32\)"):
         llm.engine.add_request("long", list(range(100, 160)), SamplingParams(max_tokens=10))
     with pytest.raises(RequestRejected, match="KV blocks"):
-        llm.engine.add_request("big", list(range(100, 140)), SamplingParams(max_tokens=20))
+        llm.engine.add_request("big", list(range(100, 120)), SamplingParams(max_tokens=10, n=2))
     with pytest.raises(RequestRejected, match="empty"):
         llm.engine.add_request("empty", [], SamplingParams())
 
@@ -143,7 +144,8 @@ def test_seeded_sampling_is_independent_of_batch_composition(tiny_models):
 
 
 def test_n_samples_share_the_prompt_prefill(tiny_models):
-    llm = LLM(model=str(tiny_models["exaone_hybrid"]), progress=False, block_size=4)
+    # No prefix caching: the repeated prompt must be shared by forking, not found in the cache.
+    llm = LLM(model=str(tiny_models["exaone_hybrid"]), progress=False, block_size=4, enable_prefix_caching=False)
     prompt = random_prompts(49152, [23], seed=6)[0]
     single = tokens_of(llm.generate(prompt_token_ids=[prompt], sampling_params=greedy(12)))[0]
     before = llm.engine.num_prompt_tokens_computed
