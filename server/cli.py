@@ -118,9 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=None,
                         help="reuse the KV cache of earlier prompts' shared prefixes (default: on)")
     common.add_argument("--scheduling-policy", choices=("fcfs", "priority", "mode-aware"),
-                        help="fcfs (default): arrival order; priority: the request's `priority` (lower first); "
-                             "mode-aware: priority, then requests without reasoning first and preempted last")
-
+                        help="mode-aware (default): `priority`, then requests without reasoning first and preempted "
+                             "last; fcfs: arrival order; priority: the request's `priority` (lower first)")
     common.add_argument("--attention-backend", choices=("auto", "torch", "triton"),
                         help="auto (default): triton on CUDA, torch on CPU")
     common.add_argument("--enforce-eager", action="store_true", default=None,
