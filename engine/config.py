@@ -183,6 +183,7 @@ class EngineConfig:
     fast_lane_max_tokens: int = 1024  # mode-aware: requests without reasoning and at most this max_tokens
     attention_backend: str = "auto"  # auto: triton on CUDA, torch elsewhere
     enforce_eager: bool = False  # True: no CUDA graphs for decode batches
+    prepack_weights: bool = True  # CPU: linear weights in oneDNN's packed layout (~2x faster decode matmuls)
 
     def __post_init__(self) -> None:
         if self.scheduling_policy not in SCHEDULING_POLICIES:

@@ -2,7 +2,8 @@
 
 On CUDA the step's inputs are copied into persistent device buffers, and decode batches replay a CUDA
 graph captured for the next size up in a ladder of batch sizes (padding rows have slot -1 and
-seq_len 0, so they write nothing and read nothing). Prefill chunks, and every step on the CPU, run eagerly.
+seq_len 0, so they write nothing and read nothing). Prefill chunks, and every step on the CPU, run eagerly;
+on the CPU the linear weights are first packed for oneDNN (engine.parallel.layers.prepack_linears).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from engine.attention import AttentionMetadata, KVLayout, TorchAttentionBackend
 from engine.config import EngineConfig
 from engine.kv_cache import KVCacheManager
 from engine.model import HybridTransformer
+from engine.parallel.layers import can_prepack, prepack_linears
 from engine.scheduler import ScheduledBatch
 
 if TYPE_CHECKING:
@@ -66,6 +68,8 @@ class ModelRunner:
             counters[spec.kv_kind] += 1
         self.buffers: dict[str, torch.Tensor] = {}
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        if config.prepack_weights and can_prepack(device, dtype):
+            prepack_linears(model, model.cfg.tie_word_embeddings)
         if device.type == "cuda":
             self._allocate_buffers(config)
             # Tensor-parallel ranks would have to capture in lockstep (collectives inside the graph): eager there.

@@ -3,6 +3,9 @@
 Column-parallel layers split output rows and need no communication; row-parallel layers split
 input columns and all-reduce their partial sums; the vocabulary is split by rows for both the
 embedding and the LM head. At size 1 each layer is one plain F.linear / F.embedding.
+
+On the CPU, `prepack_linears` reorders every weight once into oneDNN's blocked layout: the matmuls of
+a decode step then run about twice as fast as F.linear's (see benchmarks/RESULTS.md, issue 12).
 """
 
 from __future__ import annotations
@@ -21,10 +24,23 @@ class ShardedLayer(nn.Module, ABC):
     """A layer whose `weight` is this rank's slice of one or more full checkpoint tensors (parts)."""
 
     full_shapes: list[tuple[int, ...]]  # the checkpoint shape of each part
+    packed: torch.Tensor | None = None  # the weight in oneDNN's layout, once prepack() ran
 
     @abstractmethod
     def load_shard(self, full: torch.Tensor, part: int = 0) -> None:
         """Copy this rank's slice of part `part` (a full checkpoint tensor) into the weight."""
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """x W^T, through the packed weight when there is one."""
+        if self.packed is None:
+            return F.linear(x, self.weight)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [None], "")
+
+    def prepack(self, keep_weight: bool) -> None:
+        """Reorder the weight for oneDNN; the plain copy is freed unless something else reads it."""
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach())
+        if not keep_weight:
+            self.weight = nn.Parameter(self.weight.new_empty(0), requires_grad=False)
 
 
 class ColumnParallelLinear(ShardedLayer):
@@ -47,7 +63,7 @@ class ColumnParallelLinear(ShardedLayer):
         self.weight = nn.Parameter(torch.empty(sum(n for _, n in self.slices), input_size), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+        return self.matmul(x)
 
     def load_shard(self, full: torch.Tensor, part: int = 0) -> None:
         start, length = self.slices[part]
@@ -65,7 +81,7 @@ class RowParallelLinear(ShardedLayer):
         self.weight = nn.Parameter(torch.empty(output_size, self.width), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return all_reduce(F.linear(x, self.weight))
+        return all_reduce(self.matmul(x))
 
     def load_shard(self, full: torch.Tensor, part: int = 0) -> None:
         start = tp_rank() * self.width
@@ -94,7 +110,7 @@ class VocabParallelEmbedding(ShardedLayer):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """hidden @ weight^T over the whole vocabulary, in fp32, on rank 0 (None on the others)."""
-        logits = gather_last_dim(F.linear(hidden, self.weight))
+        logits = gather_last_dim(self.matmul(hidden))
         return None if logits is None else logits.float()
 
 
@@ -103,3 +119,19 @@ class ParallelLMHead(VocabParallelEmbedding):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
         return self.logits(hidden)
+
+
+def can_prepack(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether oneDNN's packed linear serves this device and dtype (the CPU, fp32 or bf16)."""
+    return device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
+
+
+def prepack_linears(model: nn.Module, tied_lm_head: bool) -> None:
+    """Pack every linear weight for oneDNN; a tied embedding is packed for its logits and keeps its plain
+    copy for the lookup, an untied one is only looked up and stays as it is."""
+    for module in model.modules():
+        if not isinstance(module, ShardedLayer):
+            continue
+        is_embedding = type(module) is VocabParallelEmbedding
+        if not is_embedding or tied_lm_head:
+            module.prepack(keep_weight=is_embedding)

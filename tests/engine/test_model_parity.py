@@ -14,6 +14,7 @@ NEW_TOKENS = 32
 def test_greedy_tokens_and_logprobs_match_transformers(tiny_models, kind):
     model_dir = tiny_models[kind]
     llm = LLM(model=str(model_dir), progress=False)
+    assert llm.engine.model.model.layers[0].mlp.down_proj.packed is not None  # the CPU default: oneDNN-packed
     prompts = random_prompts(llm.engine.model_config.vocab_size, [20, 33, 27, 40])
     params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True, logprobs=0)
     outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
@@ -42,3 +43,15 @@ def test_prompt_logprobs_match_transformers_across_chunks(tiny_models):
             assert abs(entry.logprob - ref[pos - 1, prompt[pos]].item()) < 1e-4
             top_ids = [t for t, _ in entry.top]
             assert top_ids == ref[pos - 1].topk(3).indices.tolist()
+
+
+def test_plain_weights_match_transformers_too(tiny_models):
+    """--no-prepack-weights keeps F.linear on the plain weights, with the same greedy tokens."""
+    model_dir = tiny_models["exaone_hybrid"]
+    llm = LLM(model=str(model_dir), progress=False, prepack_weights=False)
+    assert llm.engine.model.model.layers[0].mlp.down_proj.packed is None
+    prompts = random_prompts(llm.engine.model_config.vocab_size, [20, 33])
+    outputs = llm.generate(prompt_token_ids=prompts, sampling_params=SamplingParams(
+        max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True))
+    for out, (ref_tokens, _) in zip(outputs, hf_greedy(model_dir, prompts, NEW_TOKENS), strict=True):
+        assert out.outputs[0].token_ids == ref_tokens

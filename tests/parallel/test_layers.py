@@ -85,3 +85,30 @@ def errors() -> dict[str, float]:
 @pytest.mark.parametrize("layer", ["column_fused", "column_replicated_kv", "row", "vocab_embedding", "lm_head"])
 def test_sharded_layer_matches_unsharded_twin(errors, layer):
     assert errors[layer] < 1e-5
+
+
+def test_prepacked_layers_match_plain_matmuls():
+    """oneDNN-packed weights (the CPU default) give F.linear's results; only a tied embedding keeps its plain copy."""
+    from torch import nn
+
+    from engine.parallel.layers import can_prepack, prepack_linears
+
+    assert can_prepack(torch.device("cpu"), torch.float32)
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"qkv": ColumnParallelLinear(HIDDEN, [16, 8, 8]), "o": RowParallelLinear(16, HIDDEN),
+                           "embed": VocabParallelEmbedding(10, HIDDEN), "head": ParallelLMHead(10, HIDDEN)})
+    weights = {name: torch.randn(m.weight.shape) for name, m in model.items()}
+    for name, m in model.items():
+        m.weight.data.copy_(weights[name])
+    x, ids = torch.randn(7, HIDDEN), torch.tensor([0, 9, 4])
+    prepack_linears(model, tied_lm_head=True)
+    assert model["qkv"].weight.numel() == 0 and model["head"].weight.numel() == 0  # freed: only packed now
+    torch.testing.assert_close(model["qkv"](x), x @ weights["qkv"].T)
+    torch.testing.assert_close(model["o"](x[:, :16]), x[:, :16] @ weights["o"].T)
+    torch.testing.assert_close(model["head"](x), x @ weights["head"].T)
+    torch.testing.assert_close(model["embed"].logits(x), x @ weights["embed"].T)  # tied: packed for logits
+    torch.testing.assert_close(model["embed"](ids), F.embedding(ids, weights["embed"]))  # and still looked up
+
+    untied = VocabParallelEmbedding(10, HIDDEN)
+    prepack_linears(untied, tied_lm_head=False)
+    assert untied.packed is None  # only looked up: nothing to pack
