@@ -35,16 +35,26 @@ CPU_DEFAULT_KV_BYTES = 1 << 30
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """fp32 on CPU (no fast bf16 there), bf16 on GPU, unless asked otherwise."""
+    """fp32 on CPU (exact; bf16 changes outputs), bf16 on GPU, unless asked otherwise."""
     if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.float32 if device.type == "cpu" else torch.bfloat16
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(names)}")
-    return names[dtype]
+        resolved = dtype
+    elif dtype in (None, "auto"):
+        resolved = torch.float32 if device.type == "cpu" else torch.bfloat16
+    else:
+        names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+                 "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+        if dtype not in names:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(names)}")
+        resolved = names[dtype]
+    if device.type == "cpu" and resolved == torch.bfloat16 and not native_cpu_bf16():
+        logger.warning("bfloat16 on a CPU without AVX512-BF16 or AMX runs its matmuls in emulation, often 100x "
+                       "slower than float32")
+    return resolved
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where bf16 halves decode time."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 class LLMEngine:

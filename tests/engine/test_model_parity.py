@@ -55,3 +55,19 @@ def test_plain_weights_match_transformers_too(tiny_models):
         max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True))
     for out, (ref_tokens, _) in zip(outputs, hf_greedy(model_dir, prompts, NEW_TOKENS), strict=True):
         assert out.outputs[0].token_ids == ref_tokens
+
+
+def test_bf16_on_cpu_stays_close_to_fp32(tiny_models):
+    """--dtype bfloat16 (the fast CPU mode on AVX512-BF16/AMX machines): packed bf16 weights, fp32 logits,
+    logprobs of the fp32 greedy tokens within bf16's rounding."""
+    model_dir = tiny_models["exaone_hybrid"]
+    prompts = random_prompts(256, [20, 33])
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    fp32 = LLM(model=str(model_dir), progress=False).generate(prompt_token_ids=prompts, sampling_params=params)
+    llm = LLM(model=str(model_dir), dtype="bfloat16", progress=False)
+    assert llm.engine.model.model.layers[0].mlp.down_proj.packed.dtype == torch.bfloat16
+    bf16 = llm.generate(prompt_token_ids=prompts, sampling_params=params)
+    for ref, out in zip(fp32, bf16, strict=True):
+        ref_lps = torch.tensor([e.logprob for e in ref.prompt_logprobs[1:]])
+        lps = torch.tensor([e.logprob for e in out.prompt_logprobs[1:]])
+        assert (ref_lps - lps).abs().max() < 0.1, (ref_lps - lps).abs().max()
