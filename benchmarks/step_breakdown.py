@@ -32,7 +32,7 @@ from engine.config import EngineConfig
 from engine.llm_engine import LLMEngine
 
 PHASES = ("schedule", "prepare", "forward", "logits", "sample", "process")
-MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::_weight_int8pack_mm"}
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise"}
 
 
 class StepTimer:
@@ -113,15 +113,6 @@ def op_shares(engine: LLMEngine, steps: int) -> str:
     return "\n".join(lines)
 
 
-def compile_layers(engine: LLMEngine) -> None:
-    """torch.compile (inductor) each decoder layer around its attention, which stays eager."""
-    from engine.attention import TorchAttentionBackend
-
-    TorchAttentionBackend.forward = torch.compiler.disable(TorchAttentionBackend.forward)
-    for layer in engine.model.model.layers:
-        layer.forward = torch.compile(layer.forward, dynamic=True)
-
-
 def prompts(engine: LLMEngine, n: int) -> list[list[int]]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from throughput import chat_prompts
@@ -129,12 +120,14 @@ def prompts(engine: LLMEngine, n: int) -> list[list[int]]:
     return [engine.tokenizer.apply_chat_template(c) for c in chat_prompts(n)]
 
 
+def make_engine(args: argparse.Namespace, max_num_seqs: int) -> LLMEngine:
+    config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                          prepack_weights=args.prepack_weights, max_model_len=args.max_model_len)
+    return LLMEngine(args.model, "cpu", args.dtype, config, progress=False)
+
+
 def offline(args: argparse.Namespace) -> None:
-    engine = LLMEngine(args.model, "cpu", None, EngineConfig(max_num_seqs=max(args.batch),
-                                                             max_num_batched_tokens=args.max_num_batched_tokens),
-                       progress=False)
-    if args.compile:
-        compile_layers(engine)
+    engine = make_engine(args, max(args.batch))
     timer = StepTimer(engine)
     for batch in args.batch:
         total = args.warmup + args.steps + args.profile_steps + 4
@@ -168,9 +161,7 @@ def http(args: argparse.Namespace) -> None:
     engines: list[AsyncEngine] = []
 
     def load_and_run() -> None:  # as server/cli.py: load and step on the same thread
-        engine = LLMEngine(args.model, "cpu", None, EngineConfig(max_num_seqs=args.concurrency,
-                                                                 max_num_batched_tokens=args.max_num_batched_tokens),
-                           progress=False)
+        engine = make_engine(args, args.concurrency)
         timers.append(StepTimer(engine))
         engines.append(AsyncEngine(engine, start=False))
         attach_engine(app, engines[0])
@@ -215,7 +206,10 @@ def main() -> None:
     parser.add_argument("--output-tokens", type=int, default=64)
     parser.add_argument("--port", type=int, default=8099)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--compile", action="store_true", help="offline: torch.compile the decoder layers")
+    parser.add_argument("--dtype", default="auto", help="float32 (auto) or bfloat16")
+    parser.add_argument("--prepack-weights", action=argparse.BooleanOptionalAction, default=True,
+                        help="oneDNN-packed linear weights (the engine's CPU default)")
+    parser.add_argument("--max-model-len", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

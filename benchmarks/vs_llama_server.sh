@@ -6,12 +6,13 @@
 # (default 2) how many prompts each stream sends in turn (3 at one stream). EXAONE_VARIANTS runs
 # exaone-serve once per ';'-separated list of extra flags (default: one run with its defaults), e.g.
 #   EXAONE_VARIANTS="; --dtype bfloat16" (defaults, then bf16 weights).
-# SKIP_LLAMA=1 leaves llama-server out. Build llama-server as /work/shared/PEERS.md says (or any llama.cpp build with the server).
+# GGUF picks llama-server's model (default: the embedded default's Q4_1 file); SKIP_LLAMA=1 leaves it
+# out. Build llama-server as README's "Performance on CPU" says (or any llama.cpp build with the server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LLAMA_SERVER=${LLAMA_SERVER:?set LLAMA_SERVER to the llama-server binary}
 CONCURRENCY=${*:-1 16 64}
-GGUF=$(find .venv -name "SmolLM2-135M-Instruct.Q4_1.gguf" | head -1)
+GGUF=${GGUF:-$(find .venv -name "SmolLM2-135M-Instruct.Q4_1.gguf" | head -1)}
 PORT=8081
 THREADS=${THREADS:-2}
 PROMPTS_PER_STREAM=${PROMPTS_PER_STREAM:-2}

@@ -33,7 +33,7 @@ def exaone_tokenizer() -> transformers.PreTrainedTokenizerBase:
     return tokenizer
 
 
-def make_exaone_model(root: Path, **overrides: Any) -> Path:
+def make_exaone_model(root: Path, dirname: str | None = None, **overrides: Any) -> Path:
     """Write a tiny random-weight EXAONE 4.0 (hybrid attention) checkpoint with EXAONE's tokenizer under root."""
     tokenizer = exaone_tokenizer()
     vocab_size = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
@@ -43,7 +43,7 @@ def make_exaone_model(root: Path, **overrides: Any) -> Path:
         "eos_token_id": tokenizer.convert_tokens_to_ids(EOS_TOKEN),
         "pad_token_id": tokenizer.convert_tokens_to_ids(EOS_TOKEN),
     }
-    out = make_tiny_model(Path(root) / "exaone4", "exaone_hybrid", **{**ids, **overrides})
+    out = make_tiny_model(Path(root) / "exaone4", "exaone_hybrid", dirname, **{**ids, **overrides})
     # make_tiny_model copied the plain SmolLM2 tokenizer files; replace them with EXAONE's.
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json"):
         (out / name).unlink(missing_ok=True)

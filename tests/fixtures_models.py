@@ -61,13 +61,14 @@ def _config(kind: str, vocab: dict[str, int], overrides: dict[str, Any]) -> tran
     return transformers.Exaone4Config(**params)
 
 
-def make_tiny_model(root: Path, kind: str, **config_overrides: Any) -> Path:
+def make_tiny_model(root: Path, kind: str, dirname: str | None = None, **config_overrides: Any) -> Path:
     """Write a random-weight HF checkpoint of `kind` (exaone_hybrid, exaone_global, llama) under root.
 
-    Uses the SmolLM2 tokenizer (vocab 49152); config_overrides update the config. Returns the dir.
+    Uses the SmolLM2 tokenizer (vocab 49152); config_overrides update the config. Returns the dir,
+    root/dirname (default: the kind and the overrides).
     """
     suffix = "".join(f"-{k}={v}" for k, v in sorted(config_overrides.items()))
-    out = Path(root) / f"{kind}{suffix}"
+    out = Path(root) / (dirname or f"{kind}{suffix}")
     out.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = gguf_tokenizer_dir(default_model_path())
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
