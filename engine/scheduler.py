@@ -4,6 +4,8 @@ Policies: `fcfs` admits in arrival order and preempts the newest; `priority` (vL
 `priority` value first and preempts the highest, arrival breaking ties; `mode-aware` ranks by priority,
 then puts requests that do not reason (and have a short max_tokens) in a fast lane: admitted first, and
 preempted last. Under both, a waiting request of a better class preempts a running one of a worse class.
+A request outside the fast lane joins it once it is `fast_lane_max_wait_s` old, so a steady stream of
+quick requests can delay a reasoning one but never starve it.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ class Scheduler:
         if self.cfg.scheduling_policy == "priority":
             return (params.priority,)
         slow = params.reasoning or (params.max_tokens or 0) > self.cfg.fast_lane_max_tokens
-        return (params.priority, int(slow))
+        aged = time.monotonic() - seq.arrival_time >= self.cfg.fast_lane_max_wait_s
+        return (params.priority, int(slow and not aged))
 
     def _make_room(self) -> None:
         """Preempt running sequences of a worse class than the best waiting one until it could start."""

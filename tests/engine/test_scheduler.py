@@ -111,3 +111,24 @@ def test_fcfs_is_unchanged_arrival_order_and_newest_preempted():
     assert sim.step() == ["a", "b"]
     sim.run()
     assert sim.finished == ["a", "b", "c", "d"]
+
+
+def test_a_stream_of_quick_requests_delays_a_reasoning_one_but_never_starves_it():
+    sim = Sim("mode-aware", max_num_seqs=2)
+    quick = itertools.count()
+
+    def step_with_two_quick_waiting() -> list[str]:
+        while sum(not s.params.reasoning for s in sim.scheduler.waiting) < 2:
+            sim.add(f"quick{next(quick)}", max_tokens=4)
+        return sim.step()
+
+    step_with_two_quick_waiting()
+    think = sim.add("think", max_tokens=8, reasoning=True)
+    for _ in range(60):  # younger than --fast-lane-max-wait: every free slot goes to a quick request
+        assert "think" not in step_with_two_quick_waiting()
+    think.arrival_time -= sim.scheduler.cfg.fast_lane_max_wait_s  # now as old as the limit
+    waited = next(n for n in range(1, 20) if "think" in step_with_two_quick_waiting())
+    assert waited <= 5  # the next slot a quick request frees
+    for _ in range(20):  # once aged, quick arrivals no longer preempt it
+        step_with_two_quick_waiting()
+    assert "think" in sim.finished and sim.scheduler.num_preemptions == 0
