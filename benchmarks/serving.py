@@ -12,14 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import socket
+import shlex
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
+from loadtest.servers import exaone_serve, started
 from openai import AsyncOpenAI
 
 
@@ -61,27 +59,6 @@ async def run(base_url: str, api_key: str, args: argparse.Namespace) -> tuple[in
     return sum(t for t, _ in results), time.perf_counter() - start, statistics.median(i for _, i in results)
 
 
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    """`exaone-serve serve` on a free port, once /health says ready."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [str(Path(sys.executable).parent / "exaone-serve"), "serve", "--port", str(port),
-               "--max-num-seqs", str(args.concurrency), "--max-num-batched-tokens", str(args.max_num_batched_tokens),
-               "--log-level", "warning"]
-    proc = subprocess.Popen(command + (["--model", args.model] if args.model else []))
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
-                return proc, f"http://127.0.0.1:{port}/v1"
-        except OSError:  # not listening yet, or 503 while the model loads
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    sys.exit("error: the server did not become ready")
-
-
 def main() -> None:
     """Print output tokens per second through HTTP."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -93,13 +70,14 @@ def main() -> None:
     parser.add_argument("--output-tokens", type=int, default=128)
     parser.add_argument("--max-num-batched-tokens", type=int, default=512)
     args = parser.parse_args()
-    proc, base_url = (None, args.base_url) if args.base_url else start_server(args)
-    try:
+    command, base_url = None, args.base_url
+    if not args.base_url:
+        command, server_url = exaone_serve(f"--max-num-seqs {args.concurrency} --max-num-batched-tokens "
+                                           f"{args.max_num_batched_tokens}"
+                                           + (f" --model {shlex.quote(args.model)}" if args.model else ""))
+        base_url = f"{server_url}/v1"
+    with started(command, base_url.removesuffix("/v1")):
         generated, seconds, itl = asyncio.run(run(base_url, args.api_key, args))
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=30)
     print(f"http concurrency={args.concurrency}: {generated} tokens in {seconds:.1f} s = "
           f"{generated / seconds:.1f} output tok/s, median ITL {itl * 1e3:.1f} ms")
 

@@ -17,8 +17,7 @@ import argparse
 import asyncio
 import json
 import random
-import socket
-import subprocess
+import shlex
 import sys
 import time
 import urllib.request
@@ -26,6 +25,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx2
+from loadtest.servers import exaone_serve, started
 from prometheus_client.parser import text_string_to_metric_families
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
@@ -126,26 +126,6 @@ async def soak(base_url: str, args: argparse.Namespace) -> Counter[str]:
     return outcomes
 
 
-def start_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
-    """`exaone-serve serve` on a free port, once /health says ready."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [str(Path(sys.executable).parent / "exaone-serve"), "serve", "--port", str(port),
-               "--max-num-seqs", str(args.concurrency), "--max-queued-requests", str(args.max_queued_requests),
-               "--max-model-len", "2048", "--log-level", "warning"]
-    proc = subprocess.Popen(command + (["--model", args.model] if args.model else []))
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
-                return proc, f"http://127.0.0.1:{port}"
-        except OSError:  # not listening yet, or 503 while the model loads
-            time.sleep(0.5)
-    proc.kill()
-    sys.exit("error: the server did not become ready")
-
-
 def main() -> None:
     """Run the soak and print its report; exit 1 on a leak or a server error."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -162,9 +142,13 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds one request may take")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    proc, base_url = (None, args.base_url.rstrip("/")) if args.base_url else start_server(args)
-    pid = proc.pid if proc is not None else args.server_pid
-    try:
+    command, base_url = None, (args.base_url or "").rstrip("/")
+    if not args.base_url:
+        command, base_url = exaone_serve(f"--max-num-seqs {args.concurrency} --max-queued-requests "
+                                         f"{args.max_queued_requests} --max-model-len 2048"
+                                         + (f" --model {shlex.quote(args.model)}" if args.model else ""))
+    with started(command, base_url) as proc:
+        pid = proc.pid if proc is not None else args.server_pid
         rss_start = rss_mib(pid) if pid else float("nan")
         start = time.perf_counter()
         outcomes = asyncio.run(soak(base_url, args))
@@ -175,10 +159,6 @@ def main() -> None:
             time.sleep(0.5)
         rss_end = rss_mib(pid) if pid else float("nan")
         healthy = urllib.request.urlopen(f"{base_url}/health", timeout=30).status == 200
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(timeout=60)
     by_kind = {k: v for k, v in outcomes.items() if ":" in k}
     totals = {k: v for k, v in outcomes.items() if ":" not in k}
     print(f"{totals.get('ok', 0) + sum(v for k, v in totals.items() if k != 'ok')} requests in {seconds:.0f} s "

@@ -33,10 +33,11 @@ def _healthy(base_url: str) -> bool:
 
 
 @contextmanager
-def started(command: list[str] | None, base_url: str, timeout: float = 900.0) -> Iterator[None]:
-    """Run `command` until the block ends (SIGINT, then kill); wait for `base_url`/health first. None: no-op."""
+def started(command: list[str] | None, base_url: str, timeout: float = 900.0) -> Iterator[subprocess.Popen | None]:
+    """Run `command` until the block ends (SIGINT, then kill); wait for `base_url`/health first and yield
+    its process. None: no-op (yields None)."""
     if command is None:
-        yield
+        yield None
         return
     print(f"starting: {shlex.join(command)}", file=sys.stderr)
     proc = subprocess.Popen(command)
@@ -46,7 +47,7 @@ def started(command: list[str] | None, base_url: str, timeout: float = 900.0) ->
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise ValueError(f"{command[0]} did not become ready at {base_url} (exit status {proc.poll()})")
             time.sleep(1.0)
-        yield
+        yield proc
     finally:
         proc.send_signal(signal.SIGINT)
         try:
