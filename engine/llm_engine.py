@@ -12,7 +12,7 @@ from dataclasses import replace
 import torch
 
 from engine.attention import make_attention_backend
-from engine.config import EngineConfig, ModelConfig
+from engine.config import EngineConfig, ModelConfig, resolve_dtype
 from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import RequestRejected
 from engine.kv_cache import KVCacheManager, PoolSpec, ring_size, split_budget, steady_blocks_per_seq
@@ -32,29 +32,6 @@ from engine.tokenizer import Tokenizer
 logger = logging.getLogger(__name__)
 
 CPU_DEFAULT_KV_BYTES = 1 << 30
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """fp32 on CPU (exact; bf16 changes outputs), bf16 on GPU, unless asked otherwise."""
-    if isinstance(dtype, torch.dtype):
-        resolved = dtype
-    elif dtype in (None, "auto"):
-        resolved = torch.float32 if device.type == "cpu" else torch.bfloat16
-    else:
-        names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-                 "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-        if dtype not in names:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(names)}")
-        resolved = names[dtype]
-    if device.type == "cpu" and resolved == torch.bfloat16 and not native_cpu_bf16():
-        logger.warning("bfloat16 on a CPU without AVX512-BF16 or AMX runs its matmuls in emulation, often 100x "
-                       "slower than float32")
-    return resolved
-
-
-def native_cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where bf16 halves decode time."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 class LLMEngine:
