@@ -103,11 +103,11 @@ class TorchAttentionBackend(AttentionBackend):
         masks = self._step_masks(meta, layout, window, kv_cache.shape[2], g)
         if nd == num_seqs:  # an all-decode step (the common one): no output buffer to fill
             blocks = self._step_blocks(meta, layout, 0, nd, kv_cache.shape[1])
-            return self._paged(q[:, None], kv_cache, blocks, masks[0], scale)[:, 0]
+            return self._paged(q[:, None], kv_cache, blocks, masks[0], scale, meta)[:, 0]
         out = torch.empty_like(q)
         if nd:
             blocks = self._step_blocks(meta, layout, 0, nd, kv_cache.shape[1])
-            out[:nd] = self._paged(q[:nd, None], kv_cache, blocks, masks[0], scale)[:, 0]
+            out[:nd] = self._paged(q[:nd, None], kv_cache, blocks, masks[0], scale, meta)[:, 0]
         starts = meta.query_start_loc_host
         for i in range(nd, num_seqs):
             a, b = starts[i], starts[i + 1]
@@ -116,7 +116,7 @@ class TorchAttentionBackend(AttentionBackend):
                 out[a:b] = _sdpa(q[None, a:b], k[None, a:b], v[None, a:b], masks[i - nd + 1], scale)[0]
             else:
                 blocks = self._step_blocks(meta, layout, i, i + 1, kv_cache.shape[1])
-                out[a:b] = self._paged(q[None, a:b], kv_cache, blocks, masks[i - nd + 1], scale)[0]
+                out[a:b] = self._paged(q[None, a:b], kv_cache, blocks, masks[i - nd + 1], scale, meta)[0]
         return out
 
     @staticmethod
@@ -171,13 +171,18 @@ class TorchAttentionBackend(AttentionBackend):
 
     @staticmethod
     def _paged(q: torch.Tensor, kv_cache: torch.Tensor, blocks: tuple[torch.Tensor, int], mask: torch.Tensor,
-               scale: float) -> torch.Tensor:
+               scale: float, meta: AttentionMetadata) -> torch.Tensor:
         """q: [num_seqs, q_len, heads, dim] against the cached keys and values `blocks` address."""
         rows, width = blocks
         num_seqs = q.shape[0]
         shape = (2, num_seqs, width * kv_cache.shape[2], *kv_cache.shape[3:])
-        # Keys and values in one contiguous gather along the leading (K-then-V block) axis.
-        kv = kv_cache.flatten(0, 1).index_select(0, rows).view(shape)
+        # Keys and values in one contiguous gather along the leading (K-then-V block) axis, into a buffer
+        # the step's layers share: a fresh one per layer costs page faults that rival the copy itself.
+        key = ("gathered", shape, kv_cache.dtype)
+        if key not in meta.scratch:
+            meta.scratch[key] = kv_cache.new_empty(shape)
+        kv = meta.scratch[key]
+        torch.index_select(kv_cache.flatten(0, 1), 0, rows, out=kv.view(-1, *kv_cache.shape[2:]))
         return _sdpa(q, kv[0], kv[1], mask, scale)
 
 
