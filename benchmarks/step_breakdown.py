@@ -122,7 +122,8 @@ def prompts(engine: LLMEngine, n: int) -> list[list[int]]:
 
 def make_engine(args: argparse.Namespace, max_num_seqs: int) -> LLMEngine:
     config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                          prepack_weights=args.prepack_weights, max_model_len=args.max_model_len)
+                          prepack_weights=args.prepack_weights, max_model_len=args.max_model_len,
+                          compile=args.compile)
     return LLMEngine(args.model, "cpu", args.dtype, config, progress=False)
 
 
@@ -210,6 +211,7 @@ def main() -> None:
     parser.add_argument("--prepack-weights", action=argparse.BooleanOptionalAction, default=True,
                         help="oneDNN-packed linear weights (the engine's CPU default)")
     parser.add_argument("--max-model-len", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="the decoder layers under torch.compile")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -188,6 +188,7 @@ class EngineConfig:
     attention_backend: str = "auto"  # auto: triton on CUDA, torch elsewhere
     enforce_eager: bool = False  # True: no CUDA graphs for decode batches
     prepack_weights: bool = True  # CPU: linear weights in oneDNN's packed layout (~2x faster decode matmuls)
+    compile: bool = False  # CPU: the decoder layers as one torch.compile graph (compiled at start)
 
     def __post_init__(self) -> None:
         if self.scheduling_policy not in SCHEDULING_POLICIES:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from engine.attention import AttentionBackend, AttentionMetadata
+from engine.compiled import CompiledDecoder, paged_attention
 from engine.config import LayerSpec, ModelConfig, rope_inv_freq
 from engine.errors import ModelLoadError
 from engine.parallel.layers import (
@@ -55,6 +56,8 @@ class RotaryEmbedding(nn.Module):
 class Attention(nn.Module):
     """GQA self-attention with optional per-head QK-norm and optional RoPE; this rank's heads only."""
 
+    compiled_id: int | None = None  # the CompiledDecoder running this layer, if any
+
     def __init__(self, cfg: ModelConfig, spec: LayerSpec, layer_idx: int, backend: AttentionBackend) -> None:
         super().__init__()
         self.spec, self.layer_idx, self.backend = spec, layer_idx, backend
@@ -82,9 +85,17 @@ class Attention(nn.Module):
             q_w, k_w = (self.q_norm.weight, self.k_norm.weight) if self.spec.qk_norm else (None, None)
             cos, sin = rope if self.spec.use_rope else (None, None)
             q, k = self.backend.qk_norm_rope(q, k, q_w, k_w, self.eps, cos, sin)
-        layout = meta.layouts[self.spec.kv_kind]
-        out = self.backend.forward(q, k, v, kv_cache, layout, self.spec.sliding_window, meta, self.scale)
+        if self.compiled_id is not None and torch.compiler.is_compiling():
+            out = paged_attention(q.contiguous(), k.contiguous(), v.contiguous(), self.compiled_id, self.layer_idx)
+        else:
+            out = self.attend(q, k, v, meta, kv_cache)
         return self.o_proj(out.reshape(-1, self.q_size))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata,
+               kv_cache: torch.Tensor) -> torch.Tensor:
+        """Write this step's K/V into the cache and attend over it: [num_tokens, num_heads, head_dim]."""
+        layout = meta.layouts[self.spec.kv_kind]
+        return self.backend.forward(q, k, v, kv_cache, layout, self.spec.sliding_window, meta, self.scale)
 
 
 class MLP(nn.Module):
@@ -146,6 +157,7 @@ class HybridTransformer(nn.Module):
     def __init__(self, cfg: ModelConfig, backend: AttentionBackend, max_len: int) -> None:
         super().__init__()
         self.cfg = cfg
+        self.compiled: CompiledDecoder | None = None  # set by compile_layers()
         self.model = DecoderStack(cfg, backend)
         self.rope = RotaryEmbedding(cfg, max_len)
         if not cfg.tie_word_embeddings:
@@ -172,9 +184,15 @@ class HybridTransformer(nn.Module):
         """Hidden states after the final norm for every token of the flat batch."""
         h = self.model.embed_tokens(input_ids)
         rope = self.rope(meta.positions, h.dtype)  # once per step, shared by every RoPE layer
+        if self.compiled is not None:
+            return self.model.norm(self.compiled(h, rope, meta, kv_caches))
         for layer, kv_cache in zip(self.model.layers, kv_caches, strict=True):
             h = layer(h, rope, meta, kv_cache)
         return self.model.norm(h)
+
+    def compile_layers(self) -> None:
+        """Run the decoder layers as one torch.compile graph from the next forward on (engine.compiled)."""
+        self.compiled = CompiledDecoder(self)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Vocabulary logits in fp32 for the given hidden states (on rank 0; None on other ranks)."""

@@ -3,7 +3,8 @@
 On CUDA the step's inputs are copied into persistent device buffers, and decode batches replay a CUDA
 graph captured for the next size up in a ladder of batch sizes (padding rows have slot -1 and
 seq_len 0, so they write nothing and read nothing). Prefill chunks, and every step on the CPU, run eagerly;
-on the CPU the linear weights are first packed for oneDNN (engine.parallel.layers.prepack_linears).
+on the CPU the linear weights are first packed for oneDNN (engine.parallel.layers.prepack_linears), and
+with `compile` the decoder layers run as one torch.compile graph (engine.compiled).
 """
 
 from __future__ import annotations
@@ -70,12 +71,24 @@ class ModelRunner:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         if config.prepack_weights and can_prepack(device, dtype):
             prepack_linears(model, model.cfg.tie_word_embeddings)
+        if config.compile:
+            self._compile(config)
         if device.type == "cuda":
             self._allocate_buffers(config)
             # Tensor-parallel ranks would have to capture in lockstep (collectives inside the graph): eager there.
             if not (config.enforce_eager or config.tensor_parallel_size > 1
                     or isinstance(attn.backend, TorchAttentionBackend)):
                 self.capture_graphs(graph_batch_sizes(config.max_num_seqs))
+
+    def _compile(self, config: EngineConfig) -> None:
+        """Compile the decoder layers now, not on the first request: one graph for single-token steps,
+        one for every larger token count (steps of padding rows only, which write and read nothing)."""
+        if self.device.type != "cpu" or config.tensor_parallel_size > 1:
+            raise ValueError("--compile is for the CPU path without tensor parallelism "
+                             "(CUDA decode steps use CUDA graphs)")
+        self.model.compile_layers()
+        for size in (1, 2):
+            self.run(self.prepare(ScheduledBatch(), padded_seqs=size))
 
     def copy_blocks(self, copies: list[tuple[str, int, int]]) -> None:
         """Copy whole blocks (all layers of a pool), e.g. the partial last block of a forked sample."""

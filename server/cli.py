@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no CUDA graphs for decode steps")
     common.add_argument("--prepack-weights", action=argparse.BooleanOptionalAction, default=None,
                         help="CPU: pack linear weights for oneDNN once at start (default: on)")
+    common.add_argument("--compile", action="store_true", default=None,
+                        help="CPU: compile the decoder layers with torch.compile at start (slower start, faster steps)")
     common.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="debug also shows tracebacks and ignored request fields")
 
@@ -201,7 +203,7 @@ def _device(name: str) -> str:
 def _engine_args(args: argparse.Namespace) -> dict[str, Any]:
     names = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_memory",
              "gpu_memory_utilization", "tensor_parallel_size", "enable_prefix_caching", "scheduling_policy",
-             "fast_lane_max_wait_s", "attention_backend", "enforce_eager", "prepack_weights")
+             "fast_lane_max_wait_s", "attention_backend", "enforce_eager", "prepack_weights", "compile")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

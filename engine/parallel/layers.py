@@ -5,11 +5,15 @@ input columns and all-reduce their partial sums; the vocabulary is split by rows
 embedding and the LM head. At size 1 each layer is one plain F.linear / F.embedding.
 
 On the CPU, `prepack_linears` reorders every weight once into oneDNN's blocked layout: the matmuls of
-a decode step then run about twice as fast as F.linear's (see benchmarks/RESULTS.md, issue 12).
+a decode step then run about twice as fast as F.linear's (see benchmarks/RESULTS.md, issue 12). Under
+torch.compile a packed matmul is the opaque op `exaone::packed_linear`: dynamo cannot trace oneDNN's
+packed tensors, so the op finds the layer by id.
 """
 
 from __future__ import annotations
 
+import itertools
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -25,6 +29,7 @@ class ShardedLayer(nn.Module, ABC):
 
     full_shapes: list[tuple[int, ...]]  # the checkpoint shape of each part
     packed: torch.Tensor | None = None  # the weight in oneDNN's layout, once prepack() ran
+    packed_id: int | None = None  # this layer's key in _PACKED, once prepack() ran
 
     @abstractmethod
     def load_shard(self, full: torch.Tensor, part: int = 0) -> None:
@@ -32,6 +37,8 @@ class ShardedLayer(nn.Module, ABC):
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x W^T, through the packed weight when there is one."""
+        if self.packed_id is not None and torch.compiler.is_compiling():
+            return packed_linear(x, self.packed_id, self.out_features)
         if self.packed is None:
             return F.linear(x, self.weight)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [None], "")
@@ -39,6 +46,9 @@ class ShardedLayer(nn.Module, ABC):
     def prepack(self, keep_weight: bool) -> None:
         """Reorder the weight for oneDNN; the plain copy is freed unless something else reads it."""
         self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight.detach())
+        self.out_features = self.weight.shape[0]
+        self.packed_id = next(_packed_ids)
+        _PACKED[self.packed_id] = self
         if not keep_weight:
             self.weight = nn.Parameter(self.weight.new_empty(0), requires_grad=False)
 
@@ -119,6 +129,21 @@ class ParallelLMHead(VocabParallelEmbedding):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
         return self.logits(hidden)
+
+
+_PACKED: weakref.WeakValueDictionary[int, ShardedLayer] = weakref.WeakValueDictionary()
+_packed_ids = itertools.count()
+
+
+@torch.library.custom_op("exaone::packed_linear", mutates_args=())
+def packed_linear(x: torch.Tensor, layer_id: int, out_features: int) -> torch.Tensor:
+    """The packed matmul of layer `layer_id`, as one op torch.compile leaves alone."""
+    return _PACKED[layer_id].matmul(x)
+
+
+@packed_linear.register_fake
+def _(x: torch.Tensor, layer_id: int, out_features: int) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], out_features)
 
 
 def can_prepack(device: torch.device, dtype: torch.dtype) -> bool:

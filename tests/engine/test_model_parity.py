@@ -71,3 +71,18 @@ def test_bf16_on_cpu_stays_close_to_fp32(tiny_models):
         ref_lps = torch.tensor([e.logprob for e in ref.prompt_logprobs[1:]])
         lps = torch.tensor([e.logprob for e in out.prompt_logprobs[1:]])
         assert (ref_lps - lps).abs().max() < 0.1, (ref_lps - lps).abs().max()
+
+
+def test_compiled_layers_match_transformers(tiny_models):
+    """--compile: the decoder layers as one inductor graph, packed matmuls and paged attention as opaque ops."""
+    model_dir = tiny_models["exaone_hybrid"]  # sliding and global layers, QK-norm, RoPE on the sliding ones
+    llm = LLM(model=str(model_dir), progress=False, compile=True, max_num_batched_tokens=32)
+    assert llm.engine.model.compiled is not None
+    prompts = random_prompts(llm.engine.model_config.vocab_size, [20, 33, 27, 40])
+    params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True, logprobs=0)
+    outputs = llm.generate(prompt_token_ids=prompts, sampling_params=params)  # chunked prefills and decodes
+    for out, (ref_tokens, ref_lps) in zip(outputs, hf_greedy(model_dir, prompts, NEW_TOKENS), strict=True):
+        sample = out.outputs[0]
+        assert sample.token_ids == ref_tokens
+        ours = torch.tensor([lp.logprob for lp in sample.logprobs])
+        assert torch.allclose(ours, torch.tensor(ref_lps), atol=1e-4, rtol=0)
