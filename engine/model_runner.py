@@ -83,9 +83,8 @@ class ModelRunner:
     def _compile(self, config: EngineConfig) -> None:
         """Compile the decoder layers now, not on the first request: one graph for single-token steps,
         one for every larger token count (steps of padding rows only, which write and read nothing)."""
-        if self.device.type != "cpu" or config.tensor_parallel_size > 1:
-            raise ValueError("--compile is for the CPU path without tensor parallelism "
-                             "(CUDA decode steps use CUDA graphs)")
+        if self.device.type != "cpu":
+            raise ValueError("--compile is for the CPU path (CUDA decode steps use CUDA graphs)")
         self.model.compile_layers()
         for size in (1, 2):
             self.run(self.prepare(ScheduledBatch(), padded_seqs=size))

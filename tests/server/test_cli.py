@@ -133,6 +133,7 @@ def test_generate_prints_the_completion():
     (["serve", "--attention-backend", "flash"], "--attention-backend"),
     (["serve", "--chat-template", "/no/such/template.jinja"], "/no/such/template.jinja"),
     (["serve", "--max-stop-sequences", "0"], "--max-stop-sequences"),
+    (["serve", "--compile", "--tensor-parallel-size", "2"], "--compile is for a single rank"),
     (["generate", "--model", "{tiny}", "--max-model-len", "8", "hello " * 20], "max_model_len (8)"),
 ])
 def test_errors_are_one_line_and_exit_1(tiny_models, args, expected):
