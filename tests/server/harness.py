@@ -35,6 +35,16 @@ def make_engine(model: str | None, max_queued_requests: int | None = None, **con
 
 
 @contextmanager
+def running_engine(model: str | None, **config: Any) -> Iterator[AsyncEngine]:
+    """make_engine(model, **config), shut down when the block ends."""
+    engine = make_engine(model, **config)
+    try:
+        yield engine
+    finally:
+        engine.shutdown()
+
+
+@contextmanager
 def live_server(app: FastAPI) -> Iterator[str]:
     """Serve `app` with uvicorn on a background thread; yields the base URL (http://127.0.0.1:PORT)."""
     port = free_port()

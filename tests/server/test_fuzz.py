@@ -13,8 +13,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from fixtures_exaone import make_exaone_model
-from harness import kv_blocks_used, live_server, make_engine, wait_for
+from harness import kv_blocks_used, live_server, running_engine, wait_for
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
@@ -23,7 +22,6 @@ from server.app import create_app
 
 MODEL = "exaone"
 EXAMPLES = 1000
-TIMEOUT = 60.0  # seconds one answer may take; past it the server is taken to hang
 HI = [{"role": "user", "content": "Hi?"}]
 ROUTES = {"/v1/chat/completions": 5, "/v1/completions": 3, "/tokenize": 1, "/detokenize": 1}  # weights
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {
@@ -72,23 +70,15 @@ CORPUS: list[tuple[str, dict[str, Any] | bytes, str]] = [
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    engine = make_engine(str(make_exaone_model(tmp_path_factory.mktemp("exaone"))), max_model_len=512,
-                         max_num_seqs=8)
-    yield engine
-    engine.shutdown()
+def engine(exaone_model):
+    with running_engine(exaone_model, max_model_len=512, max_num_seqs=8) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="module")
 def base_url(engine):
     with live_server(create_app(engine, served_model_names=[MODEL])) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def http(base_url):
-    with httpx2.Client(base_url=base_url, timeout=TIMEOUT) as client:
-        yield client
 
 
 def send(http: httpx2.Client, route: str, body: dict[str, Any] | bytes, content_type: str) -> int:

@@ -7,8 +7,7 @@ import io
 
 import httpx2
 import pytest
-from fixtures_exaone import make_exaone_model
-from harness import assert_openai_error, live_server, make_engine, metric
+from harness import assert_openai_error, live_server, metric, running_engine
 from openai import OpenAI
 
 from clients.chat import ChatSession
@@ -24,10 +23,9 @@ TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": 
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    engine = make_engine(str(make_exaone_model(tmp_path_factory.mktemp("exaone"))), max_model_len=512)
-    yield engine
-    engine.shutdown()
+def engine(exaone_model):
+    with running_engine(exaone_model, max_model_len=512) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="module")

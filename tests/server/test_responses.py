@@ -8,9 +8,8 @@ import httpx2
 import jsonschema
 import openai
 import pytest
-from fixtures_exaone import make_exaone_model
 from fixtures_tools import PERSON, WEATHER
-from harness import MODEL, assert_openai_error, live_server, make_engine, metric, wait_for
+from harness import MODEL, assert_openai_error, live_server, metric, running_engine, wait_for
 from openai import OpenAI
 
 from server.app import create_app
@@ -24,15 +23,11 @@ SMALL_KV = 64 << 20  # bytes: the tiny model needs a few MB; the 1GiB default ad
 
 
 @pytest.fixture(scope="module")
-def thinking_client(tmp_path_factory):
+def thinking_client(exaone_model):
     """A tiny random EXAONE 4.0 (thinking template) whose server caps thinking, so answers follow."""
-    engine = make_engine(str(make_exaone_model(tmp_path_factory.mktemp("exaone"))), max_model_len=512,
-                         kv_cache_memory=SMALL_KV)
-    try:
-        with live_server(create_app(engine, served_model_names=[EXAONE], max_thinking_tokens=THINKING_CAP)) as url:
-            yield OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
-    finally:
-        engine.shutdown()
+    with running_engine(exaone_model, max_model_len=512, kv_cache_memory=SMALL_KV) as engine, \
+            live_server(create_app(engine, served_model_names=[EXAONE], max_thinking_tokens=THINKING_CAP)) as url:
+        yield OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
 def items(response) -> list[str]:

@@ -8,8 +8,7 @@ import time
 
 import httpx2
 import pytest
-from fixtures_exaone import make_exaone_model
-from harness import assert_openai_error, kv_blocks_used, live_server, make_engine, wait_for
+from harness import assert_openai_error, kv_blocks_used, live_server, running_engine, wait_for
 
 from server.app import create_app
 from server.limits import RequestLimits
@@ -22,23 +21,15 @@ TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": WE
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory):
-    engine = make_engine(str(make_exaone_model(tmp_path_factory.mktemp("exaone"))), max_model_len=256,
-                         max_num_seqs=8)
-    yield engine
-    engine.shutdown()
+def engine(exaone_model):
+    with running_engine(exaone_model, max_model_len=256, max_num_seqs=8) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="module")
 def base_url(engine):
     with live_server(create_app(engine, served_model_names=[MODEL], limits=LIMITS)) as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def http(base_url):
-    with httpx2.Client(base_url=base_url, timeout=60) as client:
-        yield client
 
 
 def nested(depth: int) -> list:
@@ -94,13 +85,12 @@ def test_reserved_template_kwargs_are_refused_by_name(http, key):
 @pytest.fixture(scope="module")
 def operator_engine(tiny_models):
     """An engine whose operator template (as --chat-template sets it) divides by a request's kwarg."""
-    engine = make_engine(str(tiny_models["llama"]), max_model_len=64)
-    engine.tokenizer.hf.chat_template = (
-        "{% for m in messages %}{{ m.content }}{% endfor %}{{ 100 // divisor if divisor is defined else '' }}"
-        "{% if slow is defined %}{% for i in range(100000) %}{% for j in range(slow) %}{% endfor %}{% endfor %}"
-        "{% endif %}")
-    yield engine
-    engine.shutdown()
+    with running_engine(str(tiny_models["llama"]), max_model_len=64) as engine:
+        engine.tokenizer.hf.chat_template = (
+            "{% for m in messages %}{{ m.content }}{% endfor %}{{ 100 // divisor if divisor is defined else '' }}"
+            "{% if slow is defined %}{% for i in range(100000) %}{% for j in range(slow) %}{% endfor %}{% endfor %}"
+            "{% endif %}")
+        yield engine
 
 
 def test_operator_template_is_used_and_its_errors_are_400(operator_engine):
