@@ -90,7 +90,10 @@ class ModelRunner:
             self.run(self.prepare(ScheduledBatch(), padded_seqs=size))
 
     def copy_blocks(self, copies: list[tuple[str, int, int]]) -> None:
-        """Copy whole blocks (all layers of a pool), e.g. the partial last block of a forked sample."""
+        """Copy whole blocks (all layers of a pool), e.g. the partial last block of a forked sample; on every
+        rank of a tensor-parallel group."""
+        if self.channel is not None and copies:
+            self.channel.send_copies(copies)
         for kind, src, dst in copies:
             self.caches[kind][:, :, dst] = self.caches[kind][:, :, src]
 

@@ -28,8 +28,10 @@ def models(tiny_models, tmp_path_factory):
 def _run(llm: LLM, prompts: list[list[int]]) -> list[tuple[list[int], list[float]]]:
     greedy = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True, logprobs=0)
     outs = llm.generate(prompt_token_ids=prompts, sampling_params=greedy)
-    # n=2 forks the prompt's blocks (a block copy every rank applies); prompt logprobs take every token's logits
-    forked = llm.generate(prompt_token_ids=prompts[:1], sampling_params=SamplingParams(
+    # n=2 forks the prompt's blocks: the 33-token prompt ends inside a block (block_size 4), so the fork
+    # copies that partial block, on every rank; prompt logprobs take every token's logits
+    assert len(prompts[1]) % ENGINE_ARGS["block_size"]
+    forked = llm.generate(prompt_token_ids=prompts[1:2], sampling_params=SamplingParams(
         max_tokens=4, temperature=0.0, ignore_eos=True, n=2, prompt_logprobs=2))[0]
     results = [(o.outputs[0].token_ids, [lp.logprob for lp in o.outputs[0].logprobs]) for o in outs]
     results += [(s.token_ids, [p.logprob for p in forked.prompt_logprobs[1:]]) for s in forked.outputs]
