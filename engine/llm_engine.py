@@ -58,8 +58,7 @@ class LLMEngine:
         self.executor: TensorParallelExecutor | None = None
         if cfg.tensor_parallel_size > 1:
             threads = max(1, (os.cpu_count() or 1) // cfg.tensor_parallel_size)
-            spec = WorkerSpec(path, mcfg, cfg, self.dtype, str(self.device), cfg.max_model_len,
-                              self._pool_specs(), cfg.block_size, cfg.max_num_batched_tokens, threads,
+            spec = WorkerSpec(path, mcfg, cfg, self.dtype, str(self.device), self._pool_specs(), threads,
                               logging.getLogger().getEffectiveLevel())
             self.executor = TensorParallelExecutor(cfg.tensor_parallel_size, spec, self.device)
         try:

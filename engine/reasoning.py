@@ -219,9 +219,9 @@ class ThinkingBudgetProcessor:
     keeps EOS away until an answer token exists (also inside the span: a budgeted reply never ends without
     an answer). One per sample; `cut` says what ended its thinking ("budget", "answer_reserve", "deadline")."""
 
-    def __init__(self, config: ReasoningConfig, limits: int | ThinkingLimits, forced: Sequence[int]) -> None:
+    def __init__(self, config: ReasoningConfig, limits: ThinkingLimits, forced: Sequence[int]) -> None:
         self._config = config
-        self._limits = limits if isinstance(limits, ThinkingLimits) else ThinkingLimits(limits, "budget", None)
+        self._limits = limits
         self._forced = tuple(forced)
         # an index tensor, moved to the logits' device once, so a step does not build one from a list
         self._eos = torch.tensor(sorted(config.eos_token_ids))

@@ -115,9 +115,8 @@ class Scheduler:
         if not self.waiting:
             return
         best = min(self.waiting, key=self.rank)
-        first_chunk = min(best.num_tokens, self.cfg.max_num_batched_tokens)
+        need = self.kv.blocks_to_allocate({}, 0, min(best.num_tokens, self.cfg.max_num_batched_tokens))
         while self.running:
-            need = self.kv.blocks_to_allocate({}, 0, first_chunk)
             fits = all(n <= self.kv.pools[kind].num_free for kind, n in need.items())
             if fits and len(self.running) < self.cfg.max_num_seqs:
                 return

@@ -108,8 +108,9 @@ async def _collect(state: ServerState, req: ChatCompletionRequest, plan: ChatPla
     choices = []
     for s in samples:
         splitter = plan.splitter()
-        message = splitter.message(s.text, plan.reasoning_cut(s.index))
-        state.metrics.count_reasoning_cut(plan.reasoning_cut(s.index))
+        cut = plan.reasoning_cut(s.index)
+        message = splitter.message(s.text, cut)
+        state.metrics.count_reasoning_cut(cut)
         logprobs = chat_logprobs(state, s.logprobs or []) if req.logprobs else None
         choices.append(ChatChoice(s.index, message, logprobs, splitter.finish_reason(s.finish_reason), s.stop_reason))
     usage = _usage(plan, group, [s.token_ids for s in samples], cached_tokens)

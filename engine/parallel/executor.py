@@ -47,7 +47,6 @@ class TensorParallelExecutor:
 
     def __init__(self, size: int, spec: WorkerSpec, device: torch.device) -> None:
         devices = rank_devices(device, size)
-        self.size = size
         self.failure: str | None = None
         self.on_failure: Callable[[str], None] | None = None
         self.channel = StepChannel(list(spec.pools))

@@ -34,13 +34,10 @@ class WorkerSpec:
 
     model_path: Path
     model_config: ModelConfig
-    config: EngineConfig  # attention backend, batch sizes
+    config: EngineConfig  # attention backend, batch sizes, block size, max_model_len
     dtype: torch.dtype
     device: str  # this rank's device: "cpu" or "cuda:N"
-    max_model_len: int
     pools: dict[str, PoolSpec]
-    block_size: int
-    max_num_batched_tokens: int
     num_threads: int
     log_level: int
 
@@ -60,10 +57,10 @@ def worker_main(rank: int, world_size: int, init_method: str, parent_pid: int, s
             backend = make_attention_backend(spec.config.attention_backend, device, mcfg.num_heads, mcfg.head_dim,
                                              spec.config.max_num_seqs)
         model = HybridTransformer.from_checkpoint(spec.model_path, mcfg, backend, spec.dtype, device,
-                                                  spec.max_model_len)
+                                                  spec.config.max_model_len)
         channel = StepChannel(list(spec.pools))
-        kv = KVCacheManager(spec.pools, exchange_num_blocks(channel.kinds), spec.block_size,
-                            spec.max_num_batched_tokens)
+        kv = KVCacheManager(spec.pools, exchange_num_blocks(channel.kinds), spec.config.block_size,
+                            spec.config.max_num_batched_tokens)
         runner = ModelRunner(model, kv, spec.dtype, device, spec.config)
         log_rank_memory(rank, world_size, device, model, runner)
         dist.barrier(group=cpu_group())  # tells rank 0 this rank is ready
