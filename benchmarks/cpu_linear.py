@@ -1,10 +1,12 @@
-"""CPU matmul formats for the default model's shapes, and a decode step's matmuls alone.
+"""CPU matmul formats for the default model's shapes, a decode step's matmuls alone, and copy bandwidth.
 
     .venv/bin/python benchmarks/cpu_linear.py [--rows 1 16 64]
 
 Per shape (cache-hot, median of 50): F.linear on fp32 (MKL), the oneDNN-packed fp32 weight the engine
 uses on CPU, and F.linear in bf16. Then the 121 packed matmuls of one decode step of the real model
 (30 layers' q/k/v, o, gate/up and down, plus the LM head), weights coming from DRAM as in serving.
+Last, the one-stream floor: copying a tensor the size of the model's fp32 weights (median of 7),
+bandwidth counted as STREAM does (bytes read + bytes written), and weight bytes / that bandwidth.
 """
 
 from __future__ import annotations
@@ -64,6 +66,19 @@ def step_matmuls(rows: int, llm: LLM) -> None:
     print(f"rows {rows:3d}: the {len(layers) + 1} matmuls of a decode step take {median_ms(step, 10):.1f} ms")
 
 
+def copy_floor(llm: LLM) -> None:
+    model = llm.engine.model
+    weight_bytes = 4 * sum(p.numel() for p in model.parameters() if p.dim() == 2 and p.numel())
+    weight_bytes += 4 * sum(m.out_features * m.packed.shape[1] for m in model.modules()
+                            if getattr(m, "packed", None) is not None and m is not model.model.embed_tokens)
+    x = torch.ones(weight_bytes // 4)  # written, so the copy reads real pages (not the shared zero page)
+    y = torch.empty_like(x)
+    ms = median_ms(lambda: y.copy_(x), 7)
+    bandwidth = 2 * weight_bytes / ms / 1e6
+    print(f"copy of {weight_bytes / 1e6:.0f} MB (the fp32 weights): {ms:.1f} ms, {bandwidth:.1f} GB/s read + write; "
+          f"one-stream floor {weight_bytes / bandwidth / 1e6:.1f} ms per token")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 16, 64])
@@ -74,6 +89,7 @@ def main() -> None:
     llm = LLM(progress=False)
     for rows in args.rows:
         step_matmuls(rows, llm)
+    copy_floor(llm)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,7 @@ from throughput import chat_prompts
 from engine import LLM, SamplingParams
 
 
-def greedy(dtype: str, model: str | None, prompts: list[list[int]], tokens: int) -> list:
-    llm = LLM(model=model, dtype=dtype, progress=False)
+def greedy(llm: LLM, prompts: list[list[int]], tokens: int) -> list:
     params = SamplingParams(max_tokens=tokens, temperature=0.0, ignore_eos=True, logprobs=0)
     return [out.outputs[0] for out in llm.generate(prompt_token_ids=prompts, sampling_params=params)]
 
@@ -30,10 +29,11 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=64)
     args = parser.parse_args()
-    tokenizer = LLM(model=args.model, progress=False).engine.tokenizer
-    prompts = [tokenizer.apply_chat_template(c) for c in chat_prompts(args.prompts)]
-    reference = greedy("float32", args.model, prompts, args.tokens)
-    other = greedy(args.dtype, args.model, prompts, args.tokens)
+    fp32 = LLM(model=args.model, dtype="float32", progress=False)
+    prompts = [fp32.engine.tokenizer.apply_chat_template(c) for c in chat_prompts(args.prompts)]
+    reference = greedy(fp32, prompts, args.tokens)
+    del fp32
+    other = greedy(LLM(model=args.model, dtype=args.dtype, progress=False), prompts, args.tokens)
     same, prefixes, diffs = 0, [], []
     for ref, out in zip(reference, other, strict=True):
         n = next((i for i, (a, b) in enumerate(zip(ref.token_ids, out.token_ids, strict=True)) if a != b),

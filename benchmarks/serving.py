@@ -11,23 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import shlex
 import statistics
 import time
-from pathlib import Path
 
 from loadtest.servers import exaone_serve, started
 from openai import AsyncOpenAI
-
-
-def chat_prompts(n: int) -> list[list[dict]]:
-    """The conversations benchmarks/throughput.py generates, so both numbers measure the same work."""
-    path = Path(__file__).resolve().parent / "throughput.py"
-    spec = importlib.util.spec_from_file_location("throughput", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.chat_prompts(n)
+from throughput import chat_prompts
 
 
 async def run(base_url: str, api_key: str, args: argparse.Namespace) -> tuple[int, float, float]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from throughput import chat_prompts
 from torch.profiler import ProfilerActivity, profile
 
 from engine import SamplingParams
@@ -114,9 +115,6 @@ def op_shares(engine: LLMEngine, steps: int) -> str:
 
 
 def prompts(engine: LLMEngine, n: int) -> list[list[int]]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from throughput import chat_prompts
-
     return [engine.tokenizer.apply_chat_template(c) for c in chat_prompts(n)]
 
 

@@ -34,11 +34,6 @@ def base_url(engine):
         yield url
 
 
-@pytest.fixture(scope="module")
-def http(base_url):
-    with httpx2.Client(base_url=base_url, timeout=60) as client:
-        yield client
-
 
 def chat(**overrides) -> dict:
     return {"model": MODEL, "messages": HELLO, "max_tokens": 2, **overrides}

@@ -43,10 +43,6 @@ def thinking_url(engine):
         yield url
 
 
-@pytest.fixture(scope="module")
-def client(base_url):
-    return OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
-
 
 def prompt_text(engine, url: str, **fields) -> str:
     r = httpx2.post(f"{url}/tokenize", json={"model": MODEL, "messages": HI, **fields})
