@@ -98,7 +98,10 @@ def test_compare_closed_loop_marks_missing_extensions_not_asked(servers, tmp_pat
     check_run(tmp_path / "ours", set(SCENARIOS))
     plain_summary = check_run(tmp_path / "plain", set(SCENARIOS) - {"reasoning"})
     assert plain_summary["scenarios"]["reasoning"]["not_asked_reason"] == "reasoning, thinking_budget"
-    assert plain_summary["all"]["not_asked"] <= 5  # skipped, never spun on
+    # skipped, never spun on: a user skips reasoning once per round of the mix (4 asked), plus once per user
+    records = [json.loads(line) for line in (tmp_path / "plain" / "requests.jsonl").open()]
+    asked = sum(r["status"] == "ok" and r["turn"] == 1 for r in records)
+    assert 0 < plain_summary["all"]["not_asked"] <= asked / 4 + 5, (plain_summary["all"]["not_asked"], asked)
     # the same seeded conversations on both targets: conversation i is the same scenario everywhere
     streams = [{r["id"]: r["scenario"] for r in map(json.loads, (tmp_path / t / "requests.jsonl").open())}
                for t in ("ours", "plain")]

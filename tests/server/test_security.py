@@ -105,12 +105,13 @@ def test_operator_template_is_used_and_its_errors_are_400(operator_engine):
 
 
 def test_slow_rendering_runs_off_the_event_loop_and_times_out(operator_engine):
-    limits = RequestLimits(preprocess_timeout=0.5, preprocess_workers=1)
+    # rendering takes ~3 s here, twice the limit; health has 1.3 s to answer 5 times while it runs
+    limits = RequestLimits(preprocess_timeout=1.5, preprocess_workers=1)
     app = create_app(operator_engine, served_model_names=[MODEL], limits=limits)
     with live_server(app) as url, httpx2.Client(base_url=url, timeout=120) as http:
         answers: list[httpx2.Response] = []
         slow = threading.Thread(target=lambda: answers.append(http.post("/v1/chat/completions", json=chat(
-            chat_template_kwargs={"slow": 200}))))
+            chat_template_kwargs={"slow": 1000}))))
         slow.start()
         time.sleep(0.2)  # the template is rendering now
         health = [http.get("/health").status_code for _ in range(5)]  # answered while the template renders
