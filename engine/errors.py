@@ -6,7 +6,13 @@ class ModelLoadError(Exception):
 
 
 class RequestRejected(ValueError):
-    """A request can never be served (too long, bigger than the KV pool, bad parameters)."""
+    """A request can never be served (too long, bigger than the KV pool, bad parameters).
+
+    `param` names the request field at fault, when one is."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class TensorParallelError(RuntimeError):

@@ -164,8 +164,10 @@ class LLMEngine:
         if n == 0:
             raise RequestRejected("the prompt is empty")
         vocab = self.model_config.vocab_size
-        if any(t < 0 or t >= vocab for t in prompt_ids):
-            raise RequestRejected(f"prompt token ids must be in [0, {vocab})")
+        for name, ids in (("prompt", prompt_ids), ("stop_token_ids", params.stop_token_ids),
+                          ("logit_bias", params.logit_bias or ())):
+            if any(not 0 <= t < vocab for t in ids):
+                raise RequestRejected(f"{name} token ids must be in [0, {vocab})", name)
         if params.max_tokens is None and n >= max_len:
             raise RequestRejected(f"the prompt has {n} tokens; this model's max_model_len is {max_len}")
         total = n + (params.max_tokens or 1)

@@ -130,7 +130,7 @@ def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api
         if (req.prompt is None) == (req.messages is None):
             raise bad_request("pass exactly one of prompt and messages", "prompt")
         if req.messages is not None:
-            state.limits.check_tools(req.tools, None)
+            state.limits.check_chat(req.messages, req.tools, None, req.chat_template_kwargs)
             modes = state.ready_modes()
             mode = modes.mode(reasoning=req.reasoning, chat_template_kwargs=req.chat_template_kwargs,
                               reasoning_effort=req.reasoning_effort)

@@ -58,6 +58,13 @@ class RequestLimits:
         for name, value in given.items():
             check_depth(value, name)
 
+    def check_chat(self, messages: list[Any], tools: list[Any] | None, response_format: Any,
+                   chat_template_kwargs: dict[str, Any] | None) -> None:
+        """check_tools, and 400 when template kwargs or tool-call arguments in messages nest too deeply."""
+        self.check_tools(tools, response_format)
+        check_depth(chat_template_kwargs, "chat_template_kwargs")
+        check_depth([c.function.arguments for m in messages for c in m.tool_calls or ()], "messages")
+
     async def run(self, what: str, work: Callable[[], T]) -> T:
         """Run `work` in the preprocessing pool; 400 if it takes longer than preprocess_timeout.
 

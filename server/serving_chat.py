@@ -14,7 +14,7 @@ from engine.outputs import CompletionOutput, TokenLogprob
 from engine.sampling_params import SamplingParams
 from server.chat_modes import ChatPlan
 from server.errors import bad_request
-from server.limits import MAX_TOP_LOGPROBS, check_depth
+from server.limits import MAX_TOP_LOGPROBS
 from server.schemas import (
     ChatChoice,
     ChatChunkChoice,
@@ -77,9 +77,7 @@ async def prepare_chat(state: ServerState, req: ChatCompletionRequest, max_token
                        logprobs: int | None) -> tuple[ChatPlan, SamplingParams, list[int]]:
     """Limits, the mode plan, sampling params and the rendered prompt of a chat request (also the
     Responses API's); schema checks, grammar compilation, rendering and tokenisation run off the event loop."""
-    state.limits.check_tools(req.tools, req.response_format)
-    check_depth(req.chat_template_kwargs, "chat_template_kwargs")
-    check_depth([c.function.arguments for m in req.messages for c in m.tool_calls or ()], "messages")
+    state.limits.check_chat(req.messages, req.tools, req.response_format, req.chat_template_kwargs)
     modes = state.ready_modes()
     plan = await state.limits.run("building the grammar for tools/response_format", lambda: modes.plan(req, max_tokens))
     params = state.sampling_params(req, max_tokens, logprobs, plan.sampling_defaults, plan.factories)

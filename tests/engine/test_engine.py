@@ -87,6 +87,14 @@ def test_requests_that_can_never_fit_are_rejected_with_numbers(tiny_models):
         llm.engine.add_request("big", list(range(100, 120)), SamplingParams(max_tokens=10, n=2))
     with pytest.raises(RequestRejected, match="empty"):
         llm.engine.add_request("empty", [], SamplingParams())
+    vocab = llm.engine.model_config.vocab_size
+    for field, params in (("stop_token_ids", SamplingParams(stop_token_ids=[vocab])),
+                          ("logit_bias", SamplingParams(logit_bias={vocab: 1.0})),
+                          ("prompt", SamplingParams())):
+        with pytest.raises(RequestRejected, match=rf"^{field} token ids must be in \[0, {vocab}\)") as error:
+            llm.engine.add_request(field, [1, 2, vocab if field == "prompt" else 3], params)
+        assert error.value.param == field
+    assert not llm.engine.has_unfinished()
 
 
 def test_random_requests_aborts_and_stop_strings_leave_no_block_behind(tiny_models):

@@ -137,6 +137,11 @@ LIMIT_CASES = {
         "name": "f", "parameters": {"type": "object", "x": nested(100)}}}]), "tools"),
     "template kwargs nested too deeply": ("/v1/chat/completions", chat(chat_template_kwargs={"x": nested(100)}),
                                           "chat_template_kwargs"),
+    "tokenize: template kwargs nested too deeply": ("/tokenize", {"messages": HI, "chat_template_kwargs": {
+        "x": nested(100)}}, "chat_template_kwargs"),
+    "tokenize: tool-call arguments nested too deeply": ("/tokenize", {"messages": [*HI, {
+        "role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {
+            "name": "f", "arguments": {"x": nested(100)}}}]}]}, "messages"),
     "top_logprobs over 20": ("/v1/chat/completions", chat(logprobs=True, top_logprobs=21), "top_logprobs"),
     "stop token id outside the vocabulary": ("/v1/chat/completions", chat(stop_token_ids=[2**40]),
                                              "stop_token_ids"),
