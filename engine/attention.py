@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from engine.paged_decode import InPlaceDecode
 from kernels import reference
 
 
@@ -94,7 +95,19 @@ def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None)
 
 
 class TorchAttentionBackend(AttentionBackend):
-    """Reference backend in plain torch ops: decodes batched together, each prefill chunk on its own."""
+    """Backend in torch ops: decodes batched together, each prefill chunk on its own.
+
+    Attention gathers the blocks it reads into a dense copy for SDPA, except that on the CPU a batch of
+    decodes over enough context reads the paged cache in place through an inductor-compiled loop
+    (engine.paged_decode.InPlaceDecode), which the model runner compiles at start-up.
+    """
+
+    # Below this many cached tokens in a decode batch (or for a lone sequence, which the compiled loop runs
+    # on one thread) the gather was as fast or faster in some runs: `benchmarks/decode_attention.py`.
+    COMPILED_DECODE_MIN_TOKENS = 8192
+
+    def __init__(self) -> None:
+        self.in_place_decode: InPlaceDecode | None = InPlaceDecode()  # None: always gather
 
     def forward(self, q, k, v, kv_cache, layout, window, meta, scale):
         self._write(k, v, kv_cache, layout, meta)
@@ -102,12 +115,10 @@ class TorchAttentionBackend(AttentionBackend):
         g = q.shape[1] // k.shape[1]
         masks = self._step_masks(meta, layout, window, kv_cache.shape[2], g)
         if nd == num_seqs:  # an all-decode step (the common one): no output buffer to fill
-            blocks = self._step_blocks(meta, layout, 0, nd, kv_cache.shape[1])
-            return self._paged(q[:, None], kv_cache, blocks, masks[0], scale, meta)[:, 0]
+            return self._decode(q, kv_cache, layout, masks[0], scale, meta)
         out = torch.empty_like(q)
         if nd:
-            blocks = self._step_blocks(meta, layout, 0, nd, kv_cache.shape[1])
-            out[:nd] = self._paged(q[:nd, None], kv_cache, blocks, masks[0], scale, meta)[:, 0]
+            out[:nd] = self._decode(q[:nd], kv_cache, layout, masks[0], scale, meta)
         starts = meta.query_start_loc_host
         for i in range(nd, num_seqs):
             a, b = starts[i], starts[i + 1]
@@ -118,6 +129,21 @@ class TorchAttentionBackend(AttentionBackend):
                 blocks = self._step_blocks(meta, layout, i, i + 1, kv_cache.shape[1])
                 out[a:b] = self._paged(q[None, a:b], kv_cache, blocks, masks[i - nd + 1], scale, meta)[0]
         return out
+
+    def _decode(self, q: torch.Tensor, kv_cache: torch.Tensor, layout: KVLayout, mask: torch.Tensor, scale: float,
+                meta: AttentionMetadata) -> torch.Tensor:
+        """Attention of the step's first q.shape[0] sequences, one query token each."""
+        nd = q.shape[0]
+        if (self.in_place_decode is not None and kv_cache.device.type == "cpu" and nd > 1
+                and mask.shape[-1] * nd >= self.COMPILED_DECODE_MIN_TOKENS):
+            key = ("decode tables", id(layout))
+            if key not in meta.scratch:
+                meta.scratch[key] = layout.block_tables[:nd].clamp(min=0)
+            out = self.in_place_decode(q * scale, kv_cache, meta.scratch[key], mask)
+            if out is not None:
+                return out
+        blocks = self._step_blocks(meta, layout, 0, nd, kv_cache.shape[1])
+        return self._paged(q[:, None], kv_cache, blocks, mask, scale, meta)[:, 0]
 
     @staticmethod
     def _write(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, layout: KVLayout,

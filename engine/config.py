@@ -186,7 +186,7 @@ class EngineConfig:
     fast_lane_max_tokens: int = 1024  # mode-aware: requests without reasoning and at most this max_tokens
     fast_lane_max_wait_s: float = 60.0  # mode-aware: any request this old ranks with the fast lane (no starvation)
     attention_backend: str = "auto"  # auto: triton on CUDA, torch elsewhere
-    enforce_eager: bool = False  # True: no CUDA graphs for decode batches
+    enforce_eager: bool = False  # True: no CUDA graphs for decode batches, no compiled CPU decode attention
     prepack_weights: bool = True  # CPU: linear weights in oneDNN's packed layout (~2x faster decode matmuls)
     compile: bool = False  # CPU: the decoder layers as one torch.compile graph (compiled at start)
 

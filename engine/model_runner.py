@@ -3,8 +3,9 @@
 On CUDA the step's inputs are copied into persistent device buffers, and decode batches replay a CUDA
 graph captured for the next size up in a ladder of batch sizes (padding rows have slot -1 and
 seq_len 0, so they write nothing and read nothing). Prefill chunks, and every step on the CPU, run eagerly;
-on the CPU the linear weights are first packed for oneDNN (engine.parallel.layers.prepack_linears), and
-with `compile` the decoder layers run as one torch.compile graph (engine.compiled).
+on the CPU the linear weights are first packed for oneDNN (engine.parallel.layers.prepack_linears), the
+in-place decode attention is compiled (engine.paged_decode; not with enforce_eager), and with `compile`
+the decoder layers run as one torch.compile graph (engine.compiled).
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class ModelRunner:
             prepack_linears(model, model.cfg.tie_word_embeddings)
         if config.compile:
             self._compile(config)
+        in_place = attn.backend.in_place_decode if isinstance(attn.backend, TorchAttentionBackend) else None
+        if device.type == "cpu" and in_place is not None and not config.enforce_eager:
+            in_place.compile(self.layer_caches[0], attn.num_heads)
         if device.type == "cuda":
             self._allocate_buffers(config)
             # Tensor-parallel ranks would have to capture in lockstep (collectives inside the graph): eager there.

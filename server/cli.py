@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--attention-backend", choices=("auto", "torch", "triton"),
                         help="auto (default): triton on CUDA, torch on CPU")
     common.add_argument("--enforce-eager", action="store_true", default=None,
-                        help="no CUDA graphs for decode steps")
+                        help="no CUDA graphs for decode steps; CPU: no compiled decode attention")
     common.add_argument("--prepack-weights", action=argparse.BooleanOptionalAction, default=None,
                         help="CPU: pack linear weights for oneDNN once at start (default: on)")
     common.add_argument("--compile", action="store_true", default=None,
