@@ -102,8 +102,9 @@ class TorchAttentionBackend(AttentionBackend):
     (engine.paged_decode.InPlaceDecode), which the model runner compiles at start-up.
     """
 
-    # Below this many cached tokens in a decode batch (or for a lone sequence, which the compiled loop runs
-    # on one thread) the gather was as fast or faster in some runs: `benchmarks/decode_attention.py`.
+    # Below this many token slots in the decode batch's block tables (batch x padded width), or for a lone
+    # sequence (the compiled loop runs one sequence per thread), the gather was as fast in some runs and
+    # faster in others: `benchmarks/decode_attention.py`.
     COMPILED_DECODE_MIN_TOKENS = 8192
 
     def __init__(self) -> None:
@@ -139,7 +140,8 @@ class TorchAttentionBackend(AttentionBackend):
             key = ("decode tables", id(layout))
             if key not in meta.scratch:
                 meta.scratch[key] = layout.block_tables[:nd].clamp(min=0)
-            out = self.in_place_decode(q * scale, kv_cache, meta.scratch[key], mask)
+            # contiguous: the compiled graph guards on q's strides, and it was compiled on a fresh tensor
+            out = self.in_place_decode(q.contiguous(), kv_cache, meta.scratch[key], mask, scale)
             if out is not None:
                 return out
         blocks = self._step_blocks(meta, layout, 0, nd, kv_cache.shape[1])

@@ -76,7 +76,7 @@ class ModelRunner:
             self._compile(config)
         in_place = attn.backend.in_place_decode if isinstance(attn.backend, TorchAttentionBackend) else None
         if device.type == "cpu" and in_place is not None and not config.enforce_eager:
-            in_place.compile(self.layer_caches[0], attn.num_heads)
+            in_place.compile(self.layer_caches[0], attn.num_heads, attn.scale)
         if device.type == "cuda":
             self._allocate_buffers(config)
             # Tensor-parallel ranks would have to capture in lockstep (collectives inside the graph): eager there.

@@ -50,18 +50,19 @@ def case(seq_lens: list[int], dtype: torch.dtype, ring: int | None = None, windo
 def test_compiled_decode_equals_the_gather(seq_lens, ring, window, dtype):
     q, kv_cache, tables, mask = case(seq_lens, dtype, ring, window)
     scale = DIM ** -0.5
-    got = compiled_paged_decode(q * scale, kv_cache, tables, mask)
+    got = compiled_paged_decode(q, kv_cache, tables, mask, scale)
     want = gathered(q, kv_cache, tables, mask, scale)
     assert got.dtype == dtype and got.shape == want.shape
     torch.testing.assert_close(got, want, **({} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}))
 
 
+@torch.inference_mode()
 def test_one_graph_serves_every_batch_and_width():
     graphs = len(_debug_get_cache_entry_list(paged_decode_attention.__code__))
     for seq_lens in ([9, 4], [1], [40], [2, 2, 2, 2, 2], [13, 1, 22]):
         q, kv_cache, tables, mask = case(seq_lens, torch.float32, seed=len(seq_lens))
-        torch.testing.assert_close(compiled_paged_decode(q, kv_cache, tables, mask),
-                                   paged_decode_attention(q, kv_cache, tables, mask))
+        torch.testing.assert_close(compiled_paged_decode(q, kv_cache, tables, mask, 0.25),
+                                   paged_decode_attention(q, kv_cache, tables, mask, 0.25))
     # at most the float32 graph is new (none if an engine compiled it already), never one per batch or width
     assert len(_debug_get_cache_entry_list(paged_decode_attention.__code__)) <= graphs + 1
 
@@ -90,9 +91,12 @@ def test_engine_decodes_in_place_as_transformers_does(tiny_models, monkeypatch):
     monkeypatch.setattr(TorchAttentionBackend, "COMPILED_DECODE_MIN_TOKENS", 0)  # every batch of 2+ decodes
     llm = LLM(model=str(model_dir), progress=False, block_size=4)
     assert in_place_decode(llm).ready and calls == [2]  # compiled at start-up, on a stand-in batch of 2
+    graphs = len(_debug_get_cache_entry_list(paged_decode_attention.__code__))
     expected = [t for t, _ in hf_greedy(model_dir, prompts, 8)]
     assert run_engine(llm, prompts) == expected
     assert 3 in calls  # decode steps of all three sequences read the cache in place
+    # with the graph compiled at start-up: nothing compiles mid-serving
+    assert len(_debug_get_cache_entry_list(paged_decode_attention.__code__)) == graphs
     calls.clear()
     eager = LLM(model=str(model_dir), progress=False, block_size=4, enforce_eager=True)
     assert not in_place_decode(eager).ready

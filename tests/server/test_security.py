@@ -104,19 +104,32 @@ def test_operator_template_is_used_and_its_errors_are_400(operator_engine):
         assert http.get("/health").status_code == 200
 
 
-def test_slow_rendering_runs_off_the_event_loop_and_times_out(operator_engine):
-    # rendering takes ~3 s here, twice the limit; health has 1.3 s to answer 5 times while it runs
-    limits = RequestLimits(preprocess_timeout=1.5, preprocess_workers=1)
-    app = create_app(operator_engine, served_model_names=[MODEL], limits=limits)
+def slow_chat(http: httpx2.Client, answers: list[httpx2.Response]) -> threading.Thread:
+    """A chat whose rendering takes ~3 s here (the operator template's `slow` loop), sent from a thread."""
+    thread = threading.Thread(target=lambda: answers.append(http.post("/v1/chat/completions", json=chat(
+        chat_template_kwargs={"slow": 1000}))))
+    thread.start()
+    return thread
+
+
+def test_slow_rendering_runs_off_the_event_loop(operator_engine):
+    app = create_app(operator_engine, served_model_names=[MODEL], limits=RequestLimits(preprocess_timeout=60))
     with live_server(app) as url, httpx2.Client(base_url=url, timeout=120) as http:
         answers: list[httpx2.Response] = []
-        slow = threading.Thread(target=lambda: answers.append(http.post("/v1/chat/completions", json=chat(
-            chat_template_kwargs={"slow": 1000}))))
-        slow.start()
+        slow = slow_chat(http, answers)
         time.sleep(0.2)  # the template is rendering now
         health = [http.get("/health").status_code for _ in range(5)]  # answered while the template renders
         assert health == [200] * 5 and not answers
         slow.join()
+        assert answers[0].status_code == 200, answers[0].text
+
+
+def test_rendering_past_the_preprocess_timeout_is_400(operator_engine):
+    limits = RequestLimits(preprocess_timeout=0.2, preprocess_workers=1)
+    app = create_app(operator_engine, served_model_names=[MODEL], limits=limits)
+    with live_server(app) as url, httpx2.Client(base_url=url, timeout=120) as http:
+        answers: list[httpx2.Response] = []
+        slow_chat(http, answers).join()
         error = assert_openai_error(answers[0], 400)
         assert "--preprocess-timeout" in error["message"]
 
