@@ -108,7 +108,7 @@ class TorchAttentionBackend(AttentionBackend):
     COMPILED_DECODE_MIN_TOKENS = 8192
 
     def __init__(self) -> None:
-        self.in_place_decode: InPlaceDecode | None = InPlaceDecode()  # None: always gather
+        self.in_place_decode = InPlaceDecode()  # used once the model runner has compiled it (CPU)
 
     def forward(self, q, k, v, kv_cache, layout, window, meta, scale):
         self._write(k, v, kv_cache, layout, meta)
@@ -135,13 +135,8 @@ class TorchAttentionBackend(AttentionBackend):
                 meta: AttentionMetadata) -> torch.Tensor:
         """Attention of the step's first q.shape[0] sequences, one query token each."""
         nd = q.shape[0]
-        if (self.in_place_decode is not None and kv_cache.device.type == "cpu" and nd > 1
-                and mask.shape[-1] * nd >= self.COMPILED_DECODE_MIN_TOKENS):
-            key = ("decode tables", id(layout))
-            if key not in meta.scratch:
-                meta.scratch[key] = layout.block_tables[:nd].clamp(min=0)
-            # contiguous: the compiled graph guards on q's strides, and it was compiled on a fresh tensor
-            out = self.in_place_decode(q.contiguous(), kv_cache, meta.scratch[key], mask, scale)
+        if self.in_place_decode.ready and nd > 1 and mask.shape[-1] * nd >= self.COMPILED_DECODE_MIN_TOKENS:
+            out = self.in_place_decode(q, kv_cache, self._step_tables(meta, layout, 0, nd), mask, scale)
             if out is not None:
                 return out
         blocks = self._step_blocks(meta, layout, 0, nd, kv_cache.shape[1])
@@ -162,13 +157,22 @@ class TorchAttentionBackend(AttentionBackend):
         flat[1].index_copy_(0, layout.slot_mapping, v)
 
     @staticmethod
-    def _step_blocks(meta: AttentionMetadata, layout: KVLayout, first: int, end: int,
+    def _step_tables(meta: AttentionMetadata, layout: KVLayout, first: int, end: int) -> torch.Tensor:
+        """Block tables of sequences [first, end) with -1 entries clamped to a valid block (the masks exclude
+        them); built once per step and pool, shared by its layers."""
+        key = ("tables", id(layout), first, end)
+        if key not in meta.scratch:
+            meta.scratch[key] = layout.block_tables[first:end].clamp(min=0)
+        return meta.scratch[key]
+
+    @classmethod
+    def _step_blocks(cls, meta: AttentionMetadata, layout: KVLayout, first: int, end: int,
                      num_blocks: int) -> tuple[torch.Tensor, int]:
         """(rows of the [2 * num_blocks] K-then-V block axis to gather, table width) for sequences
         [first, end); built once per step and pool, shared by its layers."""
         key = ("blocks", id(layout), first, end)
         if key not in meta.scratch:
-            tables = layout.block_tables[first:end].clamp(min=0).flatten()
+            tables = cls._step_tables(meta, layout, first, end).flatten()
             meta.scratch[key] = torch.cat([tables, tables + num_blocks]), layout.block_tables.shape[1]
         return meta.scratch[key]
 

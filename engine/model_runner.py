@@ -73,10 +73,9 @@ class ModelRunner:
         if config.prepack_weights and can_prepack(device, dtype):
             prepack_linears(model, model.cfg.tie_word_embeddings)
         if config.compile:
-            self._compile(config)
-        in_place = attn.backend.in_place_decode if isinstance(attn.backend, TorchAttentionBackend) else None
-        if device.type == "cpu" and in_place is not None and not config.enforce_eager:
-            in_place.compile(self.layer_caches[0], attn.num_heads, attn.scale)
+            self._compile()
+        if device.type == "cpu" and isinstance(attn.backend, TorchAttentionBackend) and not config.enforce_eager:
+            attn.backend.in_place_decode.compile(self.layer_caches[0], attn.num_heads, attn.scale)
         if device.type == "cuda":
             self._allocate_buffers(config)
             # Tensor-parallel ranks would have to capture in lockstep (collectives inside the graph): eager there.
@@ -84,7 +83,7 @@ class ModelRunner:
                     or isinstance(attn.backend, TorchAttentionBackend)):
                 self.capture_graphs(graph_batch_sizes(config.max_num_seqs))
 
-    def _compile(self, config: EngineConfig) -> None:
+    def _compile(self) -> None:
         """Compile the decoder layers now, not on the first request: one graph for single-token steps,
         one for every larger token count (steps of padding rows only, which write and read nothing)."""
         if self.device.type != "cpu":

@@ -53,8 +53,9 @@ _config_lock = threading.Lock()
 def compiled_paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor,
                           mask: torch.Tensor, scale: float) -> torch.Tensor:
     """paged_decode_attention under inductor: one graph per model and dtype, whatever the batch and context."""
-    # the mask flat: for a batch of 1 its leading stride is arbitrary and would fail the graph's stride guard
-    args = (q, kv_cache, block_tables, mask.flatten())
+    # The graph guards on input strides: q contiguous as in the stand-in it was compiled on (the model's q is
+    # a view into the fused QKV output), the mask flat (for a batch of 1 its leading stride is arbitrary).
+    args = (q.contiguous(), kv_cache, block_tables, mask.flatten())
     for arg, dims in _DYNAMIC_DIMS:
         torch._dynamo.mark_dynamic(args[arg], dims)
     # Size-oblivious: a batch or table width of 1 would otherwise be its own graph, compiled mid-serving.

@@ -45,8 +45,9 @@ def bench(*args: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
-def check_run(out: Path, asked: set[str]) -> dict:
-    """Every file there; every metric present; TTFT <= TTFO <= E2E; token counts equal usage."""
+def check_run(out: Path, asked: set[str]) -> tuple[dict, list[dict]]:
+    """Every file there; every metric present; TTFT <= TTFO <= E2E; token counts equal usage.
+    Returns the summary and the request records."""
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
     done = [r for r in records if r["status"] == "ok"]
@@ -74,17 +75,16 @@ def check_run(out: Path, asked: set[str]) -> dict:
         assert (out / plot).read_bytes()[:4] == b"\x89PNG"
     rows = (out / "summary.csv").read_text().splitlines()
     assert rows[0].startswith("scenario,") and len(rows) == 1 + 1 + len(SCENARIOS)
-    return summary
+    return summary, records
 
 
 def test_run_open_loop_in_two_processes(servers, tmp_path: Path) -> None:
     ours, _ = servers
     bench("run", "--base-url", ours, "--rate", "3", "--arrival", "constant", "--processes", "2", "--out",
           str(tmp_path), *LOAD)
-    summary = check_run(tmp_path, set(SCENARIOS))
+    summary, records = check_run(tmp_path, set(SCENARIOS))
     assert summary["extensions"] == ["reasoning", "thinking_budget", "ignore_eos"]
     assert summary["scenarios"]["reasoning"]["latency"]["reasoning_time"] is not None
-    records = [json.loads(line) for line in (tmp_path / "requests.jsonl").open()]
     assert sorted(r["id"] for r in records if r["turn"] == 1) == list(range(6))  # 3/s for 2 s, both shares
     assert summary["client"]["valid"] and summary["client"]["schedule_lag"] is not None
     manifest = json.loads((tmp_path / "manifest.json").read_text())
@@ -95,16 +95,14 @@ def test_compare_closed_loop_marks_missing_extensions_not_asked(servers, tmp_pat
     ours, plain = servers
     bench("compare", "--target", f"ours={ours}", "--target", f"plain={plain}/v1", "--target-extensions",
           "plain=none", "--users", "5", "--out", str(tmp_path), *LOAD)
-    check_run(tmp_path / "ours", set(SCENARIOS))
-    plain_summary = check_run(tmp_path / "plain", set(SCENARIOS) - {"reasoning"})
+    _, ours_records = check_run(tmp_path / "ours", set(SCENARIOS))
+    plain_summary, records = check_run(tmp_path / "plain", set(SCENARIOS) - {"reasoning"})
     assert plain_summary["scenarios"]["reasoning"]["not_asked_reason"] == "reasoning, thinking_budget"
     # skipped, never spun on: a user skips reasoning once per round of the mix (4 asked), plus once per user
-    records = [json.loads(line) for line in (tmp_path / "plain" / "requests.jsonl").open()]
     asked = sum(r["status"] == "ok" and r["turn"] == 1 for r in records)
     assert 0 < plain_summary["all"]["not_asked"] <= asked / 4 + 5, (plain_summary["all"]["not_asked"], asked)
     # the same seeded conversations on both targets: conversation i is the same scenario everywhere
-    streams = [{r["id"]: r["scenario"] for r in map(json.loads, (tmp_path / t / "requests.jsonl").open())}
-               for t in ("ours", "plain")]
+    streams = [{r["id"]: r["scenario"] for r in rs} for rs in (ours_records, records)]
     assert all(streams[1][i] == scenario for i, scenario in streams[0].items() if i in streams[1])
     report = (tmp_path / "report.md").read_text()
     assert "| reasoning | plain | not asked (reasoning, thinking_budget not supported) |" in report

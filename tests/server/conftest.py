@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx2
 import pytest
 from fixtures_exaone import make_exaone_model
-from harness import MODEL, live_server, make_engine
+from harness import MODEL, live_server, running_engine
 from openai import OpenAI
 
 from server.app import create_app
@@ -14,12 +14,9 @@ from server.app import create_app
 
 @pytest.fixture(scope="module")
 def base_url():
-    engine = make_engine(None, max_model_len=1024)
-    try:
-        with live_server(create_app(engine, served_model_names=[MODEL, "alias"])) as url:
-            yield url
-    finally:
-        engine.shutdown()
+    with running_engine(None, max_model_len=1024) as engine, \
+            live_server(create_app(engine, served_model_names=[MODEL, "alias"])) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

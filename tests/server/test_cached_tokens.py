@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx2
 import pytest
-from harness import MODEL, live_server, make_engine, metrics
+from harness import MODEL, live_server, metrics, running_engine
 from openai import OpenAI
 
 from server.app import create_app
@@ -16,12 +16,9 @@ SYSTEM = "You are a terse assistant for a hardware shop. " * 8  # ~80 tokens: se
 
 @pytest.fixture(scope="module")
 def base_url():
-    engine = make_engine(None, max_model_len=1024)
-    try:
-        with live_server(create_app(engine, served_model_names=[MODEL], api_key=KEY)) as url:
-            yield url
-    finally:
-        engine.shutdown()
+    with running_engine(None, max_model_len=1024) as engine, \
+            live_server(create_app(engine, served_model_names=[MODEL], api_key=KEY)) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

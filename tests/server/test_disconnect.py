@@ -8,7 +8,7 @@ import time
 
 import httpx2
 import pytest
-from harness import kv_blocks_used, live_server, make_engine, metric, wait_for
+from harness import kv_blocks_used, live_server, metric, running_engine, wait_for
 
 from server.app import create_app
 
@@ -18,12 +18,9 @@ LONG = 3000  # far more tokens than the test waits for: finishing on its own wou
 
 @pytest.fixture(scope="module")
 def base_url(tiny_models):
-    engine = make_engine(str(tiny_models["exaone_hybrid"]), max_model_len=4096)
-    try:
-        with live_server(create_app(engine, served_model_names=[MODEL])) as url:
-            yield url
-    finally:
-        engine.shutdown()
+    with running_engine(str(tiny_models["exaone_hybrid"]), max_model_len=4096) as engine, \
+            live_server(create_app(engine, served_model_names=[MODEL])) as url:
+        yield url
 
 
 def long_request(stream: bool) -> dict:

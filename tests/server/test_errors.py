@@ -9,7 +9,7 @@ import re
 import httpx2
 import openai
 import pytest
-from harness import assert_openai_error, live_server, make_engine
+from harness import assert_openai_error, live_server, running_engine
 
 from server.app import attach_engine, create_app
 
@@ -22,9 +22,8 @@ HELLO = [{"role": "user", "content": "hello"}]
 
 @pytest.fixture(scope="module")
 def engine(tiny_models):
-    engine = make_engine(str(tiny_models["llama"]), max_model_len=MAX_MODEL_LEN, max_num_seqs=MAX_NUM_SEQS)
-    yield engine
-    engine.shutdown()
+    with running_engine(str(tiny_models["llama"]), max_model_len=MAX_MODEL_LEN, max_num_seqs=MAX_NUM_SEQS) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="module")
@@ -167,13 +166,11 @@ def test_health_is_503_until_the_engine_is_attached(engine):
 
 
 def test_engine_crash_ends_streams_with_an_error_then_answers_500(tiny_models):
-    engine = make_engine(str(tiny_models["llama"]), max_model_len=MAX_MODEL_LEN)
-
     def crash() -> list:
         raise RuntimeError("kernel exploded")
 
-    engine.engine.step = crash  # the step loop dies on the first request
-    try:
+    with running_engine(str(tiny_models["llama"]), max_model_len=MAX_MODEL_LEN) as engine:
+        engine.engine.step = crash  # the step loop dies on the first request
         with live_server(create_app(engine, served_model_names=[MODEL])) as url, \
                 httpx2.Client(base_url=url, timeout=30) as http:
             r = http.post("/v1/chat/completions", json=chat(stream=True))
@@ -185,5 +182,3 @@ def test_engine_crash_ends_streams_with_an_error_then_answers_500(tiny_models):
             assert_openai_error(http.get("/health"), 500)
             error = assert_openai_error(http.post("/v1/completions", json={"prompt": "hi"}), 500)
             assert error["code"] == "engine_dead"
-    finally:
-        engine.shutdown()

@@ -104,10 +104,10 @@ def test_operator_template_is_used_and_its_errors_are_400(operator_engine):
         assert http.get("/health").status_code == 200
 
 
-def slow_chat(http: httpx2.Client, answers: list[httpx2.Response]) -> threading.Thread:
-    """A chat whose rendering takes ~3 s here (the operator template's `slow` loop), sent from a thread."""
+def slow_chat(http: httpx2.Client, answers: list[httpx2.Response], slow: int) -> threading.Thread:
+    """A chat whose rendering takes ~0.2 s + 2.5 ms x `slow` here (the operator template's loop), from a thread."""
     thread = threading.Thread(target=lambda: answers.append(http.post("/v1/chat/completions", json=chat(
-        chat_template_kwargs={"slow": 1000}))))
+        chat_template_kwargs={"slow": slow}))))
     thread.start()
     return thread
 
@@ -116,7 +116,7 @@ def test_slow_rendering_runs_off_the_event_loop(operator_engine):
     app = create_app(operator_engine, served_model_names=[MODEL], limits=RequestLimits(preprocess_timeout=60))
     with live_server(app) as url, httpx2.Client(base_url=url, timeout=120) as http:
         answers: list[httpx2.Response] = []
-        slow = slow_chat(http, answers)
+        slow = slow_chat(http, answers, 1000)  # ~3 s
         time.sleep(0.2)  # the template is rendering now
         health = [http.get("/health").status_code for _ in range(5)]  # answered while the template renders
         assert health == [200] * 5 and not answers
@@ -129,7 +129,7 @@ def test_rendering_past_the_preprocess_timeout_is_400(operator_engine):
     app = create_app(operator_engine, served_model_names=[MODEL], limits=limits)
     with live_server(app) as url, httpx2.Client(base_url=url, timeout=120) as http:
         answers: list[httpx2.Response] = []
-        slow_chat(http, answers).join()
+        slow_chat(http, answers, 400).join()  # ~1.2 s, of which ~1 s renders on after the 400
         error = assert_openai_error(answers[0], 400)
         assert "--preprocess-timeout" in error["message"]
 
