@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,8 +9,6 @@ from typing import Any
 import torch
 
 from engine.errors import ModelLoadError
-
-logger = logging.getLogger(__name__)
 
 # architecture name in config.json -> family; the family picks norm placement and QK-norm.
 SUPPORTED_ARCHITECTURES = {
@@ -201,21 +198,12 @@ class EngineConfig:
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """fp32 on CPU (exact; bf16 changes outputs), bf16 on GPU, unless asked otherwise."""
     if isinstance(dtype, torch.dtype):
-        resolved = dtype
-    elif dtype in (None, "auto"):
-        resolved = torch.float32 if device.type == "cpu" else torch.bfloat16
-    else:
-        names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-                 "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-        if dtype not in names:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(names)}")
-        resolved = names[dtype]
-    if device.type == "cpu" and resolved == torch.bfloat16 and not native_cpu_bf16():
-        logger.warning("bfloat16 on a CPU without AVX512-BF16 or AMX runs its matmuls in emulation, often 100x "
-                       "slower than float32")
-    return resolved
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float32 if device.type == "cpu" else torch.bfloat16
+    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+             "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(names)}")
+    return names[dtype]
 
-
-def native_cpu_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where bf16 halves decode time."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()

@@ -13,6 +13,7 @@ import torch
 
 from engine.attention import make_attention_backend
 from engine.config import EngineConfig, ModelConfig, resolve_dtype
+from engine.cpu_features import log_cpu_paths
 from engine.detokenizer import IncrementalDetokenizer
 from engine.errors import RequestRejected
 from engine.kv_cache import KVCacheManager, PoolSpec, ring_size, split_budget, steady_blocks_per_seq
@@ -50,6 +51,8 @@ class LLMEngine:
         cfg.max_model_len = min(cfg.max_model_len or mcfg.max_position_embeddings, mcfg.max_position_embeddings)
         cfg.max_num_batched_tokens = max(cfg.max_num_batched_tokens, 1)
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(mcfg.eos_token_ids)
+        if self.device.type == "cpu":
+            log_cpu_paths(self.dtype, cfg.prepack_weights, not cfg.enforce_eager)
 
         validate_tensor_parallel(mcfg, cfg.tensor_parallel_size)
         with self.device:

@@ -3,7 +3,7 @@
 On CUDA the step's inputs are copied into persistent device buffers, and decode batches replay a CUDA
 graph captured for the next size up in a ladder of batch sizes (padding rows have slot -1 and
 seq_len 0, so they write nothing and read nothing). Prefill chunks, and every step on the CPU, run eagerly;
-on the CPU the linear weights are first packed for oneDNN (engine.parallel.layers.prepack_linears), the
+on the CPU the linear weights are first packed for oneDNN where the CPU supports it (engine.cpu_features), the
 in-place decode attention is compiled (engine.paged_decode; not with enforce_eager), and with `compile`
 the decoder layers run as one torch.compile graph (engine.compiled).
 """
@@ -19,9 +19,10 @@ import torch
 
 from engine.attention import AttentionMetadata, KVLayout, TorchAttentionBackend
 from engine.config import EngineConfig
+from engine.cpu_features import in_place_decode_path, linear_path
 from engine.kv_cache import KVCacheManager
 from engine.model import HybridTransformer
-from engine.parallel.layers import can_prepack, prepack_linears
+from engine.parallel.layers import prepack_linears
 from engine.scheduler import ScheduledBatch
 
 if TYPE_CHECKING:
@@ -70,11 +71,12 @@ class ModelRunner:
             counters[spec.kv_kind] += 1
         self.buffers: dict[str, torch.Tensor] = {}
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        if config.prepack_weights and can_prepack(device, dtype):
+        if device.type == "cpu" and linear_path(dtype, config.prepack_weights)[0]:
             prepack_linears(model, model.cfg.tie_word_embeddings)
         if config.compile:
             self._compile()
-        if device.type == "cpu" and isinstance(attn.backend, TorchAttentionBackend) and not config.enforce_eager:
+        if (device.type == "cpu" and isinstance(attn.backend, TorchAttentionBackend) and not config.enforce_eager
+                and in_place_decode_path(dtype)[0]):
             attn.backend.in_place_decode.compile(self.layer_caches[0], attn.num_heads, attn.scale)
         if device.type == "cuda":
             self._allocate_buffers(config)

@@ -21,7 +21,7 @@ _LLAMA3_ROPE = {
     "factor": 16.0,
     "low_freq_factor": 1.0,
     "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 8192,
+    "original_max_position_embeddings": 256,  # x factor 16 = max_position_embeddings
 }
 
 # With the default 0.02 init greedy decoding of a 64-wide model falls into one repeated token,

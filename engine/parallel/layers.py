@@ -4,8 +4,9 @@ Column-parallel layers split output rows and need no communication; row-parallel
 input columns and all-reduce their partial sums; the vocabulary is split by rows for both the
 embedding and the LM head. At size 1 each layer is one plain F.linear / F.embedding.
 
-On the CPU, `prepack_linears` reorders every weight once into oneDNN's blocked layout: the matmuls of
-a decode step then run about twice as fast as F.linear's (see benchmarks/RESULTS.md, issue 12). Under
+On the CPU, `prepack_linears` reorders every weight once into oneDNN's blocked layout where
+engine.cpu_features.linear_path says this CPU supports it: the matmuls of a decode step then run about
+twice as fast as F.linear's (see benchmarks/RESULTS.md, issue 12). Under
 torch.compile a packed matmul is the opaque op `exaone::packed_linear`: dynamo cannot trace oneDNN's
 packed tensors, so the op finds the layer by id.
 """
@@ -144,11 +145,6 @@ def packed_linear(x: torch.Tensor, layer_id: int, out_features: int) -> torch.Te
 @packed_linear.register_fake
 def _(x: torch.Tensor, layer_id: int, out_features: int) -> torch.Tensor:
     return x.new_empty(*x.shape[:-1], out_features)
-
-
-def can_prepack(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether oneDNN's packed linear serves this device and dtype (the CPU, fp32 or bf16)."""
-    return device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and torch.backends.mkldnn.is_available()
 
 
 def prepack_linears(model: nn.Module, tied_lm_head: bool) -> None:

@@ -2,10 +2,13 @@
 
 import pytest
 import torch
+from fixtures_cpu import AVX2_ONLY, force_cpu
 from reference import hf_greedy, random_prompts
 from transformers import AutoModelForCausalLM
 
 from engine import LLM, SamplingParams
+from engine import cpu_features as cpu
+from engine.cpu_features import linear_path
 
 NEW_TOKENS = 32
 
@@ -57,15 +60,23 @@ def test_plain_weights_match_transformers_too(tiny_models):
         assert out.outputs[0].token_ids == ref_tokens
 
 
-def test_bf16_on_cpu_stays_close_to_fp32(tiny_models):
-    """--dtype bfloat16 (the fast CPU mode on AVX512-BF16/AMX machines): packed bf16 weights, fp32 logits,
-    logprobs of the fp32 greedy tokens within bf16's rounding."""
+@pytest.mark.parametrize("machine", ["this", "avx2-only"])
+def test_bf16_on_cpu_stays_close_to_fp32(tiny_models, monkeypatch, machine):
+    """--dtype bfloat16: packed bf16 weights where oneDNN's bf16 runs, plain bf16 F.linear on an AVX2-only CPU;
+    fp32 logits, logprobs of the fp32 greedy tokens within bf16's rounding either way."""
     model_dir = tiny_models["exaone_hybrid"]
     prompts = random_prompts(256, [20, 33])
     params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
     fp32 = LLM(model=str(model_dir), progress=False).generate(prompt_token_ids=prompts, sampling_params=params)
+    if machine == "avx2-only":
+        force_cpu(monkeypatch, AVX2_ONLY)
     llm = LLM(model=str(model_dir), dtype="bfloat16", progress=False)
-    assert llm.engine.model.model.layers[0].mlp.down_proj.packed.dtype == torch.bfloat16
+    down_proj = llm.engine.model.model.layers[0].mlp.down_proj
+    if linear_path(torch.bfloat16)[0]:
+        assert down_proj.packed.dtype == torch.bfloat16
+    else:
+        assert machine == "avx2-only" or not cpu.cpu_features().onednn_bf16
+        assert down_proj.packed is None and down_proj.weight.dtype == torch.bfloat16
     bf16 = llm.generate(prompt_token_ids=prompts, sampling_params=params)
     for ref, out in zip(fp32, bf16, strict=True):
         ref_lps = torch.tensor([e.logprob for e in ref.prompt_logprobs[1:]])

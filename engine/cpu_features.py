@@ -1,0 +1,99 @@
+"""What this CPU can do, asked once: every CPU fast path chooses itself from `cpu_features()` alone.
+
+Tests force the "not supported" answers by monkeypatching `cpu_features` (the decision functions
+below look it up at call time), and run whole processes as an AVX2-only machine with
+`ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2`: oneDNN and ATen then refuse the AVX-512 paths
+exactly as they do on such a CPU, and these checks see it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+CPU_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@dataclass(frozen=True)
+class CpuFeatures:
+    """The answers of torch's own checks, which also honour the ISA caps set in the environment."""
+
+    isa: str  # ATen's kernel level: "AVX512", "AVX2", "DEFAULT" (lowered by ATEN_CPU_CAPABILITY)
+    onednn: bool  # oneDNN is built in: packed linear weights (fp32 everywhere oneDNN runs)
+    onednn_bf16: bool  # oneDNN's bf16 kernels run here (AVX-512 BW/VL/DQ or AVX-NE-CONVERT)
+    avx512_bf16: bool  # AVX512-BF16 (a bf16 dot product in hardware), where the kernel level is AVX512
+    amx: bool  # AMX tiles, where the kernel level is AVX512
+    vnni: bool  # AVX512-VNNI or AVX-VNNI (int8 dot products)
+
+    @property
+    def native_bf16(self) -> bool:
+        """bf16 matmuls in hardware (AVX512-BF16 or AMX, reachable through oneDNN): where bf16 pays at any batch."""
+        return self.onednn_bf16 and (self.avx512_bf16 or self.amx)
+
+    def describe(self) -> str:
+        """One phrase: the kernel level and the extensions that matter here."""
+        extras = [name for name, on in (("avx512_bf16", self.avx512_bf16), ("amx", self.amx), ("vnni", self.vnni),
+                                         ("oneDNN bf16", self.onednn_bf16)) if on]
+        return f"{self.isa}" + (f" ({', '.join(extras)})" if extras else "")
+
+
+@functools.cache
+def cpu_features() -> CpuFeatures:
+    """This process's CPU, as torch sees it (cached: the answer cannot change while it runs)."""
+    mkldnn = torch.backends.mkldnn.is_available()
+    isa = torch.backends.cpu.get_cpu_capability()
+    return CpuFeatures(
+        isa=isa,
+        onednn=mkldnn,
+        onednn_bf16=mkldnn and torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+        # The flags below read the hardware; a kernel level capped below AVX512 puts them out of reach.
+        avx512_bf16=isa == "AVX512" and torch.cpu._is_avx512_bf16_supported(),
+        amx=isa == "AVX512" and torch.cpu._is_amx_tile_supported(),
+        vnni=torch.cpu._is_vnni_supported(),
+    )
+
+
+def linear_path(dtype: torch.dtype, want_prepack: bool = True) -> tuple[bool, str]:
+    """Whether CPU linears in `dtype` are packed for oneDNN, and the reason in a few words."""
+    cpu = cpu_features()
+    if not want_prepack:
+        return False, "plain F.linear (--no-prepack-weights)"
+    if not cpu.onednn:
+        return False, "plain F.linear (torch built without oneDNN)"
+    if dtype == torch.float32:
+        return True, "oneDNN-packed"
+    if dtype == torch.bfloat16:
+        if cpu.onednn_bf16:
+            return True, "oneDNN-packed" + ("" if cpu.native_bf16 else " (bf16 emulated by AVX-512, no AVX512-BF16)")
+        return False, "plain F.linear (oneDNN's bf16 needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT)"
+    return False, "plain F.linear (oneDNN packs only float32 and bfloat16)"
+
+
+def in_place_decode_path(dtype: torch.dtype) -> tuple[bool, str]:
+    """Whether decode attention may read the paged cache in place (engine.paged_decode, inductor C++), and why."""
+    if dtype == torch.bfloat16 and cpu_features().isa != "AVX512":
+        # Inductor's AVX2 code for this graph in bf16 throws inside its OpenMP loop: the process aborts,
+        # so no try/except can fall back. Seen with torch 2.13.0 (ATEN_CPU_CAPABILITY=avx2).
+        return False, "gathered into a dense copy (inductor's bf16 kernel aborts below AVX512)"
+    return True, "read in place (compiled)"
+
+
+def log_cpu_paths(dtype: torch.dtype, want_prepack: bool, want_in_place_decode: bool) -> None:
+    """One start-up line: the CPU, the linear path each dtype would get, and what the served dtype runs."""
+    paths = "; ".join(f"{_name(d)} {linear_path(d, want_prepack)[1]}" for d in CPU_DTYPES)
+    attention = in_place_decode_path(dtype)[1] if want_in_place_decode else "gathered (--enforce-eager)"
+    advice = ""
+    if dtype == torch.bfloat16 and not cpu_features().native_bf16:
+        advice = (" bfloat16 without AVX512-BF16/AMX: faster than float32 at one stream, slower in batches "
+                  "(README, Performance on CPU).")
+    logger.info("CPU %s; linears: %s; serving %s, decode attention %s.%s", cpu_features().describe(), paths,
+                _name(dtype), attention, advice)
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
