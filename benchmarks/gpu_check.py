@@ -286,8 +286,10 @@ def build_runner(hf: dict, device: torch.device, max_num_seqs: int, max_tokens: 
     hf = {"architectures": ["Exaone4ForCausalLM"], "rms_norm_eps": 1e-5, "max_position_embeddings": max_tokens,
           **hf}
     mcfg = ModelConfig.from_hf(hf)
+    # No oneDNN packing: the weights stay as CUDA serves them, so the CPU dry run checks the GPU's code path
+    # whatever bf16 support the CPU has.
     config = EngineConfig(max_model_len=max_tokens, max_num_seqs=max_num_seqs, max_num_batched_tokens=chunk,
-                          block_size=block_size)
+                          block_size=block_size, prepack_weights=False)
     backend = TritonAttentionBackend(device, mcfg.num_heads, mcfg.head_dim, max_num_seqs)
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)

@@ -74,25 +74,14 @@ def linear_path(dtype: torch.dtype, want_prepack: bool = True) -> tuple[bool, st
     return False, "plain F.linear (oneDNN packs only float32 and bfloat16)"
 
 
-def in_place_decode_path(dtype: torch.dtype) -> tuple[bool, str]:
-    """Whether decode attention may read the paged cache in place (engine.paged_decode, inductor C++), and why."""
-    if dtype == torch.bfloat16 and cpu_features().isa != "AVX512":
-        # Inductor's AVX2 code for this graph in bf16 throws inside its OpenMP loop: the process aborts,
-        # so no try/except can fall back. Seen with torch 2.13.0 (ATEN_CPU_CAPABILITY=avx2).
-        return False, "gathered into a dense copy (inductor's bf16 kernel aborts below AVX512)"
-    return True, "read in place (compiled)"
-
-
-def log_cpu_paths(dtype: torch.dtype, want_prepack: bool, want_in_place_decode: bool) -> None:
-    """One start-up line: the CPU, the linear path each dtype would get, and what the served dtype runs."""
+def log_cpu_paths(dtype: torch.dtype, want_prepack: bool) -> None:
+    """One start-up line: the CPU, the linear path each dtype would get, and the dtype served."""
     paths = "; ".join(f"{_name(d)} {linear_path(d, want_prepack)[1]}" for d in CPU_DTYPES)
-    attention = in_place_decode_path(dtype)[1] if want_in_place_decode else "gathered (--enforce-eager)"
     advice = ""
     if dtype == torch.bfloat16 and not cpu_features().native_bf16:
         advice = (" bfloat16 without AVX512-BF16/AMX: faster than float32 at one stream, slower in batches "
                   "(README, Performance on CPU).")
-    logger.info("CPU %s; linears: %s; serving %s, decode attention %s.%s", cpu_features().describe(), paths,
-                _name(dtype), attention, advice)
+    logger.info("CPU %s; linears: %s; serving %s.%s", cpu_features().describe(), paths, _name(dtype), advice)
 
 
 def _name(dtype: torch.dtype) -> str:

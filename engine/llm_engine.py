@@ -52,7 +52,7 @@ class LLMEngine:
         cfg.max_num_batched_tokens = max(cfg.max_num_batched_tokens, 1)
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(mcfg.eos_token_ids)
         if self.device.type == "cpu":
-            log_cpu_paths(self.dtype, cfg.prepack_weights, not cfg.enforce_eager)
+            log_cpu_paths(self.dtype, cfg.prepack_weights)
 
         validate_tensor_parallel(mcfg, cfg.tensor_parallel_size)
         with self.device:

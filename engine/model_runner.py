@@ -19,7 +19,7 @@ import torch
 
 from engine.attention import AttentionMetadata, KVLayout, TorchAttentionBackend
 from engine.config import EngineConfig
-from engine.cpu_features import in_place_decode_path, linear_path
+from engine.cpu_features import linear_path
 from engine.kv_cache import KVCacheManager
 from engine.model import HybridTransformer
 from engine.parallel.layers import prepack_linears
@@ -75,8 +75,7 @@ class ModelRunner:
             prepack_linears(model, model.cfg.tie_word_embeddings)
         if config.compile:
             self._compile()
-        if (device.type == "cpu" and isinstance(attn.backend, TorchAttentionBackend) and not config.enforce_eager
-                and in_place_decode_path(dtype)[0]):
+        if device.type == "cpu" and isinstance(attn.backend, TorchAttentionBackend) and not config.enforce_eager:
             attn.backend.in_place_decode.compile(self.layer_caches[0], attn.num_heads, attn.scale)
         if device.type == "cuda":
             self._allocate_buffers(config)

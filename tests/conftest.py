@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -15,7 +16,19 @@ if not torch.cuda.is_available():
 import pytest
 from fixtures_models import TINY_KINDS, make_tiny_model
 
+from engine import llm_engine
 from engine.loader import default_model_path
+
+# Engines built in this process get a KV cache just large enough for one full-length sequence of the default
+# model (8,192 tokens x 46 KiB in fp32) instead of serving's 1 GiB: the suite holds many engines at once.
+TEST_KV_BYTES = 384 << 20
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _small_default_kv_cache() -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:  # session-wide, so module-scoped engines get it too
+        patch.setattr(llm_engine, "CPU_DEFAULT_KV_BYTES", TEST_KV_BYTES)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fixtures_cpu import avx2_only_env
+
 ROOT = Path(__file__).resolve().parents[2]
 # Installed here but not on the GPU machine, which has only torch, triton, transformers (with its own
 # dependencies: tokenizers, huggingface_hub, tqdm), safetensors and numpy.
@@ -20,7 +22,8 @@ print("IMPORTED", sorted({m.split(".")[0] for m in sys.modules}))
 
 
 def test_dry_run_writes_every_section(tmp_path):
-    env = {"TRITON_INTERPRET": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    """On an AVX2-only CPU too: the dry run checks GPU code and must not need the CPU's bf16."""
+    env = {**avx2_only_env(), "TRITON_INTERPRET": "1", "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", RUN, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -7,12 +7,12 @@ import sys
 
 import pytest
 import torch
-from fixtures_cpu import AVX2_ONLY, AVX2_ONLY_ENV, force_cpu
+from fixtures_cpu import AVX2_ONLY, avx2_only_env, force_cpu
 from reference import hf_greedy, random_prompts
 
 from engine import LLM, SamplingParams
 from engine import cpu_features as cpu
-from engine.cpu_features import CpuFeatures, in_place_decode_path, linear_path
+from engine.cpu_features import CpuFeatures, linear_path
 
 NATIVE_BF16 = CpuFeatures(isa="AVX512", onednn=True, onednn_bf16=True, avx512_bf16=True, amx=True, vnni=True)
 NO_ONEDNN = CpuFeatures(isa="AVX2", onednn=False, onednn_bf16=False, avx512_bf16=False, amx=False, vnni=False)
@@ -21,12 +21,11 @@ NO_ONEDNN = CpuFeatures(isa="AVX2", onednn=False, onednn_bf16=False, avx512_bf16
 def test_each_path_follows_its_check(monkeypatch):
     force_cpu(monkeypatch, NATIVE_BF16)
     assert linear_path(torch.float32)[0] and linear_path(torch.bfloat16)[0]
-    assert in_place_decode_path(torch.bfloat16)[0] and cpu.cpu_features().native_bf16
+    assert cpu.cpu_features().native_bf16
     assert not linear_path(torch.float16)[0] and not linear_path(torch.float32, want_prepack=False)[0]
     force_cpu(monkeypatch, AVX2_ONLY)
     assert linear_path(torch.float32)[0]
     assert not linear_path(torch.bfloat16)[0] and "AVX-512" in linear_path(torch.bfloat16)[1]
-    assert not in_place_decode_path(torch.bfloat16)[0] and in_place_decode_path(torch.float32)[0]
     assert not cpu.cpu_features().native_bf16
     force_cpu(monkeypatch, NO_ONEDNN)
     assert not linear_path(torch.float32)[0] and "oneDNN" in linear_path(torch.float32)[1]
@@ -35,7 +34,7 @@ def test_each_path_follows_its_check(monkeypatch):
 def test_this_process_sees_its_caps():
     """The real check, in a child capped at AVX2: what oneDNN and ATen refuse there, the check refuses."""
     code = "from engine.cpu_features import cpu_features; f = cpu_features(); print(f.isa, f.onednn_bf16, f.amx)"
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **AVX2_ONLY_ENV}, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", code], env=avx2_only_env(), capture_output=True,
                          text=True, timeout=120, check=True).stdout.split()
     assert out == ["AVX2", "False", "False"]
 
@@ -68,7 +67,7 @@ def test_bf16_generate_answers_on_an_avx2_only_cpu(tiny_models):
         [str(os.path.join(os.path.dirname(sys.executable), "exaone-serve")), "generate", "--model",
          str(tiny_models["exaone_hybrid"]), "--dtype", "bfloat16", "--max-tokens", "8", "--log-level", "info",
          "hello world"],
-        env={**os.environ, **AVX2_ONLY_ENV}, capture_output=True, text=True, timeout=300)
+        env=avx2_only_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip()
-    assert "CPU AVX2;" in proc.stderr and "bfloat16 plain F.linear" in proc.stderr
+    assert "CPU AVX2" in proc.stderr and "bfloat16 plain F.linear" in proc.stderr
