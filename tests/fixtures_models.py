@@ -21,7 +21,7 @@ _LLAMA3_ROPE = {
     "factor": 16.0,
     "low_freq_factor": 1.0,
     "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 256,  # x factor 16 = max_position_embeddings
+    "original_max_position_embeddings": 8192,  # llama.cpp's converter assumes it (test_gguf round trips)
 }
 
 # With the default 0.02 init greedy decoding of a 64-wide model falls into one repeated token,
@@ -51,6 +51,8 @@ def _config(kind: str, vocab: dict[str, int], overrides: dict[str, Any]) -> tran
         "sliding_window": 8 if hybrid else None,
         "tie_word_embeddings": not hybrid,
         "rope_parameters": dict(_LLAMA3_ROPE) if hybrid else None,
+        # above the rope's original 8,192 positions, which transformers checks (and warns about otherwise)
+        "max_position_embeddings": 16384 if hybrid else common["max_position_embeddings"],
         **overrides,
     }
     if "layer_types" not in overrides:
