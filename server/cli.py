@@ -14,6 +14,7 @@ import re
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any, NoReturn
 
 from engine.errors import ModelLoadError, TensorParallelError
@@ -208,12 +209,18 @@ def _engine_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def served_name(model: str | None) -> str:
-    """The name clients use by default: --model as given, or the embedded model's name."""
-    if model is not None:
-        return model
-    from engine.loader import default_model_path
+    """The name clients use by default: a hub id as given, a local directory's or .gguf file's base name
+    (without .gguf), or the embedded model's name."""
+    if model is None:
+        from engine.loader import default_model_path
 
-    return default_model_path().name.split(".")[0]
+        return default_model_path().name.split(".")[0]
+    # A local path would show this machine's layout in /v1/models and in every response's `model`.
+    path = Path(os.path.expanduser(model))
+    if path.is_dir() or path.is_file():
+        name = path.resolve().stem if path.suffix == ".gguf" else path.resolve().name
+        return name or model  # "/" has no base name (and shows nothing of the machine)
+    return model
 
 
 def serve_command(args: argparse.Namespace) -> None:

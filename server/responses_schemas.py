@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from msgspec import Struct
+from msgspec import UNSET, Struct, UnsetType
 
 # ---- requests --------------------------------------------------------------------------------
 
@@ -118,12 +118,16 @@ class ReasoningText(Struct):
 
 
 class ReasoningItem(Struct, tag="reasoning", tag_field="type"):
-    """The model's thinking span; `content` carries it (`summary` stays empty: nothing summarises it)."""
+    """The model's thinking span; `content` carries it (`summary` stays empty: nothing summarises it).
+
+    `reasoning_cut` (ours, as on chat's message) says what ended the thinking early: budget, answer_reserve or
+    deadline; absent when the model ended it itself."""
 
     id: str
     content: list[ReasoningText]
     status: str
     summary: list[Any] = []
+    reasoning_cut: str | UnsetType = UNSET
 
 
 class OutputText(Struct):

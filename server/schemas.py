@@ -134,6 +134,7 @@ class TokenizeRequest(Struct, kw_only=True):
     reasoning_effort: str | None = None
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    return_token_strs: bool = False  # vLLM's: also answer each token as the vocabulary spells it
 
 
 class DetokenizeRequest(Struct, kw_only=True):
@@ -309,11 +310,13 @@ class ModelList(Struct):
 
 
 class TokenizeResponse(Struct):
-    """Body of POST /tokenize."""
+    """Body of POST /tokenize: vLLM's fields, and `prompt`, the text the chat template rendered (messages only)."""
 
     count: int
     max_model_len: int
     tokens: list[int]
+    token_strs: list[str] | None = None  # with return_token_strs, as vLLM answers it (null otherwise)
+    prompt: str | UnsetType = UNSET  # the exact prompt a chat request with these messages would start from
 
 
 class DetokenizeResponse(Struct):

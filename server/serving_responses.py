@@ -13,13 +13,14 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import msgspec
 from fastapi import Request
 from fastapi.responses import Response
+from msgspec import UNSET
 
 from server.chat_modes import ChatPlan, Piece
 from server.errors import APIError, bad_request, from_validation
@@ -165,8 +166,9 @@ class OutputItems:
     and stays open; a call closes when the next one opens; close() ends what is still open.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reasoning_cut: Callable[[], str | None]) -> None:
         self.items: list[OutputItem] = []
+        self._reasoning_cut = reasoning_cut  # what cut the thinking, once the sampler has cut it
         self._open: list[OutputItem] = []
         self._reasoning: ReasoningItem | None = None
         self._message: MessageItem | None = None
@@ -175,11 +177,10 @@ class OutputItems:
 
     def add(self, piece: Piece) -> list[dict[str, Any]]:
         """Events for a piece of one sample's output."""
-        events = []
+        # Thinking cut before its first token (a budget of 0, an answer reserve that leaves none) still gets
+        # its reasoning item, empty, so the cut has a place to be reported.
+        events = self._open_reasoning() if piece.reasoning or self._cut_before_thinking() else []
         if piece.reasoning:
-            if self._reasoning is None:
-                self._reasoning = ReasoningItem(_id("rs"), [], "in_progress")
-                events += self._added(self._reasoning, {"part": ReasoningText("")})
             self._reasoning.content[0].text += piece.reasoning
             events.append(self._delta(self._reasoning, "response.reasoning_text.delta", piece.reasoning))
         if piece.content:
@@ -196,11 +197,20 @@ class OutputItems:
 
     def close(self, status: str) -> list[dict[str, Any]]:
         """Events that end every open item with `status` (completed or incomplete)."""
-        events = []
+        events = self._open_reasoning() if self._cut_before_thinking() else []
         for item in list(self._open):
             item.status = status
             events += self._close(item)
         return events
+
+    def _cut_before_thinking(self) -> bool:
+        return not self.items and self._reasoning_cut() is not None
+
+    def _open_reasoning(self) -> list[dict[str, Any]]:
+        if self._reasoning is not None:
+            return []
+        self._reasoning = ReasoningItem(_id("rs"), [], "in_progress")
+        return self._added(self._reasoning, {"part": ReasoningText("")})
 
     def _answer(self, text: str) -> list[dict[str, Any]]:
         events = []
@@ -232,6 +242,9 @@ class OutputItems:
         self._open.remove(item)
         if item.status == "in_progress":
             item.status = "completed"
+        if isinstance(item, ReasoningItem):
+            # the sampler decides a cut before the forced end of thinking, so it is known by the time the span closes
+            item.reasoning_cut = self._reasoning_cut() or UNSET
         if isinstance(item, FunctionCallItem):
             events = [self._ref(item, "response.function_call_arguments.done", arguments=item.arguments,
                                 name=item.name)]
@@ -270,13 +283,14 @@ async def create_response(state: ServerState, request: Request) -> Response:
         temperature=req.temperature, top_p=req.top_p, reasoning=req.reasoning, tools=req.tools or [],
         tool_choice=req.tool_choice or "auto", parallel_tool_calls=req.parallel_tool_calls,
         text=req.text or TextConfig(format=TextFormat(type="text")), metadata=req.metadata or {}, user=req.user)
-    return await respond(request, group, req.stream, lambda: _stream(plan, group, response),
-                         lambda: _collect(plan, group, response))
+    return await respond(request, group, req.stream, lambda: _stream(state, plan, group, response),
+                         lambda: _collect(state, plan, group, response))
 
 
-async def _generate(plan: ChatPlan, group: RequestGroup, response: ResponseObject) -> AsyncIterator[list[dict]]:
+async def _generate(state: ServerState, plan: ChatPlan, group: RequestGroup,
+                    response: ResponseObject) -> AsyncIterator[list[dict]]:
     """Run the request, filling `response`; yields the events of each step, then those that close it."""
-    items, splitter = OutputItems(), plan.splitter()
+    items, splitter = OutputItems(lambda: plan.reasoning_cut(0)), plan.splitter()
     response.output = items.items
     token_ids: list[int] = []
     finish_reason = None
@@ -296,16 +310,18 @@ async def _generate(plan: ChatPlan, group: RequestGroup, response: ResponseObjec
     prompt_tokens = len(group.requests[0].prompt_ids)
     response.usage = ResponseUsage(prompt_tokens, len(token_ids), prompt_tokens + len(token_ids),
                                    OutputTokensDetails(plan.reasoning_tokens(token_ids)))
+    state.metrics.count_reasoning_cut(plan.reasoning_cut(0))
     yield items.close(response.status)
 
 
-async def _collect(plan: ChatPlan, group: RequestGroup, response: ResponseObject) -> ResponseObject:
-    async for _ in _generate(plan, group, response):
+async def _collect(state: ServerState, plan: ChatPlan, group: RequestGroup, response: ResponseObject) -> ResponseObject:
+    async for _ in _generate(state, plan, group, response):
         pass
     return response
 
 
-async def _stream(plan: ChatPlan, group: RequestGroup, response: ResponseObject) -> AsyncIterator[bytes]:
+async def _stream(state: ServerState, plan: ChatPlan, group: RequestGroup,
+                  response: ResponseObject) -> AsyncIterator[bytes]:
     numbers = itertools.count()
 
     def sse(event: dict[str, Any]) -> bytes:
@@ -315,7 +331,7 @@ async def _stream(plan: ChatPlan, group: RequestGroup, response: ResponseObject)
     yield sse({"type": "response.created", "response": response})
     yield sse({"type": "response.in_progress", "response": response})
     try:
-        async for events in _generate(plan, group, response):
+        async for events in _generate(state, plan, group, response):
             for e in events:
                 yield sse(e)
     except Exception as exc:

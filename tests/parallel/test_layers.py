@@ -111,3 +111,35 @@ def test_prepacked_layers_match_plain_matmuls():
     untied = VocabParallelEmbedding(10, HIDDEN)
     prepack_linears(untied, tied_lm_head=False)
     assert untied.packed is None  # only looked up: nothing to pack
+
+
+def test_weight_bytes_count_packed_weights_and_a_tied_embedding_twice():
+    from torch import nn
+
+    from engine.parallel.layers import prepack_linears
+    from engine.parallel.worker import weight_bytes
+
+    model = nn.ModuleDict({"qkv": ColumnParallelLinear(HIDDEN, [16, 8, 8]), "o": RowParallelLinear(16, HIDDEN),
+                           "embed": VocabParallelEmbedding(10, HIDDEN), "head": ParallelLMHead(10, HIDDEN)})
+    plain, packed = weight_bytes(model)
+    assert plain == (32 + 16 + 10 + 10) * HIDDEN * 4 and packed == 0
+    prepack_linears(model, tied_lm_head=True)
+    # every weight is packed; the tied embedding also keeps its plain copy for the lookup
+    assert weight_bytes(model) == (plain + 10 * HIDDEN * 4, plain)
+
+
+def test_start_up_log_counts_the_packed_weights(tiny_models, caplog):
+    import logging
+    import re
+
+    from safetensors.torch import load_file
+
+    from engine import LLM
+
+    caplog.set_level(logging.INFO, logger="engine.parallel.worker")
+    LLM(model=str(tiny_models["llama"]), progress=False, enforce_eager=True, kv_cache_memory=1 << 20)
+    line = next(r.getMessage() for r in caplog.records if "weights" in r.getMessage())
+    logged = float(re.search(r"weights ([\d.]+) MiB", line).group(1))
+    checkpoint = sum(t.numel() * 4 for f in tiny_models["llama"].glob("*.safetensors") for t in load_file(f).values())
+    # untied: the embedding is only looked up (kept plain), the LM head and every layer's linears are packed
+    assert "packed for oneDNN" in line and logged == round(checkpoint / 2**20, 1), line

@@ -15,6 +15,7 @@ import pytest
 from harness import assert_openai_error, free_port, metric, wait_for, wait_healthy
 
 from clients.chat import ChatSession
+from server.cli import served_name
 
 KEY = "sk-test-0123456789"
 MODEL = "tiny"
@@ -113,6 +114,36 @@ def test_chat_client_keeps_history_and_resets(base_url):
     assert session.history[2]["content"] == first and out.getvalue().startswith(first)
     session.reset()
     assert session.history == [{"role": "system", "content": "Be brief."}]
+
+
+def test_a_local_model_is_served_under_its_base_name_not_its_path(tiny_models):
+    model = tiny_models["llama"]
+    port = free_port()
+    proc = subprocess.Popen([EXAONE_SERVE, "serve", "--model", str(model), "--port", str(port), "--enforce-eager",
+                             "--kv-cache-memory", "64MiB", "--log-level", "warning"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(proc, url)
+        models = httpx2.get(f"{url}/v1/models")
+        assert [m["id"] for m in models.json()["data"]] == [model.name]
+        assert str(model.parent) not in models.text
+        chat = {"model": model.name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+        assert httpx2.post(f"{url}/v1/chat/completions", json=chat).json()["model"] == model.name
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+
+
+def test_served_name_keeps_hub_ids_and_shortens_local_paths(default_gguf, tiny_models, monkeypatch):
+    assert served_name("LGAI-EXAONE/EXAONE-4.0-1.2B") == "LGAI-EXAONE/EXAONE-4.0-1.2B"  # not a local path
+    assert served_name(str(default_gguf)) == "SmolLM2-135M-Instruct.Q4_1"  # the file's name without .gguf
+    assert served_name(None) == "SmolLM2-135M-Instruct"
+    monkeypatch.chdir(tiny_models["llama"].parent)  # relative, even "org/name"-shaped, local paths too
+    assert served_name(".") == tiny_models["llama"].parent.name
+    assert served_name(f"{tiny_models['llama'].name}/") == tiny_models["llama"].name
+    monkeypatch.setenv("HOME", str(tiny_models["llama"].parent))
+    assert served_name(f"~/{tiny_models['llama'].name}") == tiny_models["llama"].name
 
 
 def test_generate_prints_the_completion():

@@ -176,6 +176,18 @@ def test_tokenize_detokenize_round_trip(base_url):
     assert info["count"] == len(info["tokens"]) and info["max_model_len"] == 1024
 
 
+def test_tokenize_of_messages_shows_the_rendered_prompt_and_detokenize_keeps_its_special_tokens(base_url):
+    info = httpx2.post(f"{base_url}/tokenize", json={"messages": QUESTION, "return_token_strs": True}).json()
+    prompt = info["prompt"]  # the ChatML the template rendered, role tokens and all
+    assert f"<|im_start|>user\n{QUESTION[0]['content']}<|im_end|>\n" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert httpx2.post(f"{base_url}/detokenize", json={"tokens": info["tokens"]}).json() == {"prompt": prompt}
+    strs = info["token_strs"]  # vLLM's field: the vocabulary's spelling of each token
+    assert len(strs) == info["count"] == len(info["tokens"]) and strs[-4:] == ["<|im_start|>", "ass", "istant", "Ċ"]
+    plain = httpx2.post(f"{base_url}/tokenize", json={"prompt": COUNTING}).json()
+    assert "prompt" not in plain and plain["token_strs"] is None  # a plain prompt is the client's own text
+
+
 def test_metrics_count_requests_tokens_and_latencies(client, base_url):
     before = metrics(base_url)
     r = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=4, temperature=0)

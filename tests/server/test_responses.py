@@ -99,6 +99,32 @@ def test_effort_none_has_no_reasoning_item_and_high_reasons_first(thinking_clien
     assert on.usage.output_tokens_details.reasoning_tokens == chat.usage.completion_tokens_details.reasoning_tokens > 0
 
 
+def cuts(sdk: OpenAI, reason: str) -> float:
+    return metric(str(sdk.base_url).removesuffix("/v1/"), "exaone:reasoning_cuts_total", reason=reason)
+
+
+def test_a_cut_thinking_span_is_reported_on_its_reasoning_item_and_counted(thinking_client):
+    ask = {"model": EXAONE, "input": "Hi?", "max_output_tokens": 40, "temperature": 0}
+    before = cuts(thinking_client, "budget")
+    r = thinking_client.responses.create(**ask, reasoning={"effort": "high"})  # the server's cap of 4 cuts it
+    chat = thinking_client.chat.completions.create(model=EXAONE, messages=[{"role": "user", "content": "Hi?"}],
+                                                   max_tokens=40, temperature=0, reasoning_effort="high")
+    assert chat.choices[0].message.reasoning_cut == "budget"
+    assert items(r)[0] == "reasoning" and r.output[0].model_extra["reasoning_cut"] == "budget"
+    events, final = stream_events(thinking_client, **ask, reasoning={"effort": "high"})
+    done = [e.item for e in events if e.type == "response.output_item.done" and e.item.type == "reasoning"]
+    assert [i.model_extra["reasoning_cut"] for i in (*done, final.output[0])] == ["budget", "budget"]
+    assert cuts(thinking_client, "budget") - before == 3  # chat's, and one per response, streamed or not
+    # Cut before the first thinking token (16 tokens are all answer reserve): an empty reasoning item says so.
+    before = cuts(thinking_client, "answer_reserve")
+    short = thinking_client.responses.create(**{**ask, "max_output_tokens": 16}, reasoning={"effort": "low"})
+    assert items(short)[0] == "reasoning" and short.output[0].content[0].text == ""
+    assert short.output[0].model_extra["reasoning_cut"] == "answer_reserve"
+    assert cuts(thinking_client, "answer_reserve") - before == 1
+    off = thinking_client.responses.create(**ask, reasoning={"effort": "none"})
+    assert "reasoning" not in items(off)
+
+
 def test_required_tool_call_then_its_output_continues_the_conversation(client):
     ask = [{"role": "user", "content": "What is the weather in Seoul?"}]
     r = client.responses.create(model=MODEL, input=ask, tools=TOOLS, tool_choice="required", parallel_tool_calls=False,
