@@ -69,7 +69,7 @@ def linear_path(dtype: torch.dtype, want_prepack: bool = True) -> tuple[bool, st
         return True, "oneDNN-packed"
     if dtype == torch.bfloat16:
         if cpu.onednn_bf16:
-            return True, "oneDNN-packed" + ("" if cpu.native_bf16 else " (bf16 emulated by AVX-512, no AVX512-BF16)")
+            return True, "oneDNN-packed" + ("" if cpu.native_bf16 else " (no AVX512-BF16/AMX: converted to fp32 math)")
         return False, "plain F.linear (oneDNN's bf16 needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT)"
     return False, "plain F.linear (oneDNN packs only float32 and bfloat16)"
 
