@@ -41,10 +41,11 @@ def _paged_attention_kernel(
     NUM_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr,
     TILE_N: tl.constexpr, NUM_SEGMENTS: tl.constexpr, SLIDING: tl.constexpr, RING: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
-    q_block = tl.program_id(0)
-    kv_head = tl.program_id(1)
-    segment = tl.program_id(2)
+    q_block = tl.program_id(0).to(tl.int64)
+    kv_head = tl.program_id(1).to(tl.int64)
+    segment = tl.program_id(2).to(tl.int64)
     seq = _find_seq(query_start_loc, q_block, num_seqs, BLOCK_Q)
     q_start = tl.load(query_start_loc + seq)
     q_len = tl.load(query_start_loc + seq + 1) - q_start
@@ -92,7 +93,7 @@ def _paged_attention_kernel(
         slot = k_pos % BLOCK_SIZE
         k_off = block * stride_kb + slot * stride_ks + kv_head * stride_kh
         kt = tl.load(k_cache + k_off[None, :] + dims[:, None], mask=k_ok[None, :] & dim_ok[:, None], other=0.0)
-        s = tl.dot(qt, kt) * scale
+        s = tl.dot(qt, kt, input_precision=DOT_PRECISION) * scale
         visible = row_ok[:, None] & k_ok[None, :] & (k_pos[None, :] <= q_pos[:, None])
         if SLIDING:
             visible = visible & (k_pos[None, :] > q_pos[:, None] - window)
@@ -104,7 +105,7 @@ def _paged_attention_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         v_off = block * stride_vb + slot * stride_vs + kv_head * stride_vh
         vt = tl.load(v_cache + v_off[:, None] + dims[None, :], mask=k_ok[:, None] & dim_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PRECISION)
         m_i = m_new
 
     acc = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
@@ -124,8 +125,8 @@ def _paged_attention_kernel(
 def _merge_segments_kernel(out, seg_out, seg_max, seg_sum, stride_ot, stride_oh,
                            NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
                            NUM_SEGMENTS: tl.constexpr):
-    tok = tl.program_id(0)
-    head = tl.program_id(1)
+    tok = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1).to(tl.int64)
     segs = tl.arange(0, NUM_SEGMENTS)
     dims = tl.arange(0, HEAD_DIM_P)
     stat = (tok * NUM_HEADS + head) * NUM_SEGMENTS + segs
@@ -137,6 +138,11 @@ def _merge_segments_kernel(out, seg_out, seg_max, seg_sum, stride_ot, stride_oh,
     total = tl.sum(weight, 0)
     merged = tl.sum(parts * weight[:, None], 0) / tl.where(total == 0.0, 1.0, total)
     tl.store(out + tok * stride_ot + head * stride_oh + dims, merged.to(out.dtype.element_ty), mask=dims < HEAD_DIM)
+
+
+def dot_input_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision: exact for fp32 (Triton defaults to TF32 on CUDA, ~1e-3 off), the default otherwise."""
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 class SplitKScratch:
@@ -187,6 +193,7 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch
         NUM_HEADS=num_heads, GROUP=group, BLOCK_SIZE=block_size, HEAD_DIM=head_dim,
         HEAD_DIM_P=triton.next_power_of_2(head_dim), BLOCK_M=block_m, BLOCK_Q=block_q, TILE_N=tile_n,
         NUM_SEGMENTS=segments, SLIDING=window is not None, RING=ring_blocks is not None,
+        DOT_PRECISION=dot_input_precision(q.dtype),
     )
     if scratch is not None:
         _merge_segments_kernel[(num_tokens, num_heads)](

@@ -12,7 +12,7 @@ def _write_kv_kernel(k, v, k_cache, v_cache, slot_mapping, stride_kt, stride_kh,
                      stride_cb, stride_cs, stride_ch, stride_vcb, stride_vcs, stride_vch,
                      NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HEADS_P: tl.constexpr,
                      HEAD_DIM_P: tl.constexpr, BLOCK_SIZE: tl.constexpr):
-    tok = tl.program_id(0)
+    tok = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_mapping + tok)
     if slot < 0:
         return

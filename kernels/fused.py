@@ -10,7 +10,7 @@ import triton.language as tl
 @triton.jit
 def _rms_norm_kernel(out, x, weight, residual, eps, stride_x, stride_r, stride_o,
                      DIM: tl.constexpr, DIM_P: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, DIM_P)
     ok = cols < DIM
     xs = tl.load(x + row * stride_x + cols, mask=ok, other=0.0).to(tl.float32)
@@ -68,7 +68,7 @@ def _qk_norm_rope_kernel(q_out, k_out, q, k, q_weight, k_weight, cos, sin, eps,
                          NUM_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEADS_P: tl.constexpr,
                          KV_HEADS_P: tl.constexpr, HALF: tl.constexpr, HALF_P: tl.constexpr,
                          HAS_NORM: tl.constexpr, HAS_ROPE: tl.constexpr):
-    tok = tl.program_id(0)
+    tok = tl.program_id(0).to(tl.int64)
     _norm_rope_heads(q, q_out, q_weight, cos, sin, tok, eps, stride_qt, stride_qh, stride_cos,
                      NUM_HEADS, HEADS_P, HALF, HALF_P, HAS_NORM, HAS_ROPE)
     _norm_rope_heads(k, k_out, k_weight, cos, sin, tok, eps, stride_kt, stride_kh, stride_cos,
@@ -98,8 +98,8 @@ def qk_norm_rope(q: torch.Tensor, k: torch.Tensor, q_weight: torch.Tensor | None
 
 @triton.jit
 def _silu_and_mul_kernel(out, x, stride_x, stride_o, DIM: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < DIM
     gate = tl.load(x + row * stride_x + cols, mask=ok).to(tl.float32)
     up = tl.load(x + row * stride_x + DIM + cols, mask=ok).to(tl.float32)
