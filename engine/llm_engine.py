@@ -51,8 +51,6 @@ class LLMEngine:
         cfg.max_model_len = min(cfg.max_model_len or mcfg.max_position_embeddings, mcfg.max_position_embeddings)
         cfg.max_num_batched_tokens = max(cfg.max_num_batched_tokens, 1)
         self.eos_token_ids = set(self.tokenizer.eos_token_ids) | set(mcfg.eos_token_ids)
-        if self.device.type == "cpu":
-            log_cpu_paths(self.dtype, cfg.prepack_weights)
 
         validate_tensor_parallel(mcfg, cfg.tensor_parallel_size)
         with self.device:
@@ -75,6 +73,8 @@ class LLMEngine:
         except BaseException:
             self.shutdown()
             raise
+        if self.device.type == "cpu":
+            log_cpu_paths(self.dtype, cfg.prepack_weights)
         log_rank_memory(0, cfg.tensor_parallel_size, self.device, self.model, self.runner)
         self.scheduler = Scheduler(cfg, self.kv)
         self.sampler = Sampler(self.eos_token_ids)
