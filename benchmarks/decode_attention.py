@@ -16,8 +16,8 @@ import itertools
 import time
 
 from engine import LLM, SamplingParams
-from engine.attention import TorchAttentionBackend
-from engine.llm_engine import LLMEngine
+from engine.attention.torch_backend import TorchAttentionBackend
+from engine.core.llm_engine import LLMEngine
 
 _ids = itertools.count()
 

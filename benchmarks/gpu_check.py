@@ -32,17 +32,17 @@ if "--dry-run" in sys.argv and not torch.cuda.is_available():
 
 import triton
 
-from engine.attention import AttentionMetadata, KVLayout
+from engine.attention.testing import make_case, run_reference, run_triton
+from engine.attention.torch_backend import AttentionMetadata, KVLayout
+from engine.attention.triton_backend import TritonAttentionBackend
 from engine.config import EngineConfig, ModelConfig
-from engine.kv_cache import BlockTable, KVCacheManager, PoolSpec, ring_size
-from engine.model import HybridTransformer
-from engine.model_runner import ModelRunner
-from engine.scheduler import ScheduledBatch
-from engine.triton_backend import TritonAttentionBackend
+from engine.core.scheduler import ScheduledBatch
+from engine.kv.kv_cache import BlockTable, KVCacheManager, PoolSpec, ring_size
+from engine.model.transformer import HybridTransformer
+from engine.runner.model_runner import ModelRunner
 from kernels import fused, reference
 from kernels.attention import paged_attention
 from kernels.cache import write_kv_cache
-from kernels.testing import make_case, run_reference, run_triton
 
 
 @dataclass

@@ -14,9 +14,9 @@ import argparse
 import time
 
 from engine import LLM, SamplingParams
-from engine.chat_templates import render_chat_prompt, template_traits
-from engine.guided import GuidedDecoding
-from engine.reasoning import ReasoningConfig
+from engine.modes.chat_templates import render_chat_prompt, template_traits
+from engine.modes.guided import GuidedDecoding
+from engine.modes.reasoning import ReasoningConfig
 
 SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"},
                                            "landmarks": {"type": "array", "items": {"type": "string"}}},

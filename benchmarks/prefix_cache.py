@@ -16,7 +16,7 @@ import json
 import time
 
 from engine import LLM, SamplingParams
-from engine.chat_templates import render_chat_prompt
+from engine.modes.chat_templates import render_chat_prompt
 
 # ~1,000 tokens of system prompt: a shop's policies, written out so the text is not one repeated line.
 _POLICY = [

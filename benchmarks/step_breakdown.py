@@ -30,7 +30,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from engine import SamplingParams
 from engine.config import EngineConfig
-from engine.llm_engine import LLMEngine
+from engine.core.llm_engine import LLMEngine
 
 PHASES = ("schedule", "prepare", "forward", "logits", "sample", "process")
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise"}
@@ -151,7 +151,7 @@ def offline(args: argparse.Namespace) -> None:
 def http(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from engine.async_engine import AsyncEngine
+    from engine.core.async_engine import AsyncEngine
     from server.app import attach_engine, create_app
 
     app = create_app(None, served_model_names=["bench"])

@@ -11,16 +11,16 @@ import argparse
 import importlib.util
 import time
 
-from engine.gguf_loader import gguf_tokenizer_dir
-from engine.loader import default_model_path
-from engine.sampling_params import SamplingParams
-from engine.tokenizer import Tokenizer
+from engine.core.sampling_params import SamplingParams
+from engine.model.gguf_loader import gguf_tokenizer_dir
+from engine.model.loader import default_model_path
+from engine.text.tokenizer import Tokenizer
 
 
 def main() -> None:
     """Print milliseconds per IncrementalDetokenizer.update of one token."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--detokenizer", help="a detokenizer.py to load instead of engine/detokenizer.py")
+    parser.add_argument("--detokenizer", help="a detokenizer.py to load instead of engine/text/detokenizer.py")
     parser.add_argument("--tokens", type=int, default=2000)
     parser.add_argument("--stop-chars", type=int, default=8192)
     args = parser.parse_args()
@@ -30,7 +30,7 @@ def main() -> None:
         spec.loader.exec_module(module)
         detokenizer_class = module.IncrementalDetokenizer
     else:
-        from engine.detokenizer import IncrementalDetokenizer as detokenizer_class
+        from engine.text.detokenizer import IncrementalDetokenizer as detokenizer_class
     tokenizer = Tokenizer(gguf_tokenizer_dir(default_model_path()))
     ids = tokenizer.encode("lorem ipsum dolor sit amet " * (args.tokens // 2))[: args.tokens]
     detok = detokenizer_class(tokenizer, [], SamplingParams(stop=["x" * args.stop_chars]))

@@ -50,7 +50,7 @@ def run_engine(args: argparse.Namespace) -> tuple[int, float]:
 def run_hf(args: argparse.Namespace) -> tuple[int, float]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engine.loader import resolve_model, tokenizer_path
+    from engine.model.loader import resolve_model, tokenizer_path
 
     path = resolve_model(args.model)
     kwargs = {"gguf_file": path.name} if path.suffix == ".gguf" else {}

@@ -6,18 +6,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from engine.core.outputs import CompletionOutput, RequestOutput
+    from engine.core.sampling_params import SamplingParams
     from engine.llm import LLM
-    from engine.outputs import CompletionOutput, RequestOutput
-    from engine.sampling_params import SamplingParams
 
 __all__ = ["LLM", "CompletionOutput", "RequestOutput", "SamplingParams"]
 
-_HOMES = {"LLM": "engine.llm", "CompletionOutput": "engine.outputs", "RequestOutput": "engine.outputs",
-          "SamplingParams": "engine.sampling_params"}
+_HOMES = {"LLM": "engine.llm", "CompletionOutput": "engine.core.outputs", "RequestOutput": "engine.core.outputs",
+          "SamplingParams": "engine.core.sampling_params"}
 
 
 def __getattr__(name: str) -> Any:
-    # Lazy, so that `import engine.loader` does not pull in torch models and the sampler.
+    # Lazy, so that `import engine.model.loader` does not pull in torch models and the sampler.
     if name in _HOMES:
         return getattr(importlib.import_module(_HOMES[name]), name)
     raise AttributeError(f"module 'engine' has no attribute {name!r}")

@@ -179,7 +179,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     tensor_parallel_size: int = 1  # ranks (one process per device) that split each layer
     enable_prefix_caching: bool = True  # reuse the K/V of full blocks of earlier prompts with the same prefix
-    scheduling_policy: str = "mode-aware"  # "fcfs" | "priority" | "mode-aware" (see engine/scheduler.py)
+    scheduling_policy: str = "mode-aware"  # "fcfs" | "priority" | "mode-aware" (see engine/core/scheduler.py)
     fast_lane_max_tokens: int = 1024  # mode-aware: requests without reasoning and at most this max_tokens
     fast_lane_max_wait_s: float = 60.0  # mode-aware: any request this old ranks with the fast lane (no starvation)
     attention_backend: str = "auto"  # auto: triton on CUDA, torch elsewhere

@@ -10,9 +10,9 @@ import torch
 from tqdm import tqdm
 
 from engine.config import EngineConfig
-from engine.llm_engine import LLMEngine
-from engine.outputs import CompletionOutput, RequestOutput
-from engine.sampling_params import SamplingParams
+from engine.core.llm_engine import LLMEngine
+from engine.core.outputs import CompletionOutput, RequestOutput
+from engine.core.sampling_params import SamplingParams
 
 
 class LLM:

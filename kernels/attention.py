@@ -6,7 +6,7 @@ times the G query heads of one KV head (GQA packing: each K/V tile is loaded onc
 layers read the ring layout (logical block j in table entry j % ring_blocks) and visit only the key
 tiles that intersect the window of some query in the tile. Split-K ("flash-decoding") runs
 NUM_SEGMENTS programs per query tile over disjoint key ranges into preallocated scratch, and a second
-kernel merges their partial softmaxes. Twin: engine.attention.TorchAttentionBackend.
+kernel merges their partial softmaxes. Twin: engine.attention.torch_backend.TorchAttentionBackend.
 """
 
 from __future__ import annotations

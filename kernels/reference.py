@@ -1,6 +1,6 @@
 """Torch twins of the Triton kernels: the CPU path runs these, and the kernel tests compare against them.
 
-The attention kernel's twin is engine.attention.TorchAttentionBackend.
+The attention kernel's twin is engine.attention.torch_backend.TorchAttentionBackend.
 """
 
 from __future__ import annotations

@@ -12,13 +12,15 @@ from fastapi.responses import Response
 from msgspec import UNSET
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from engine.async_engine import AsyncEngine
-from engine.reasoning import DEFAULT_ANSWER_RESERVE
-from server.chat_modes import offered_tools
+from engine.core.async_engine import AsyncEngine
+from engine.modes.reasoning import DEFAULT_ANSWER_RESERVE
 from server.errors import APIError, bad_request, install_error_handlers
 from server.limits import RequestLimits
-from server.openapi import install_openapi
-from server.schemas import (
+from server.openai.chat import create_chat_completion
+from server.openai.chat_modes import offered_tools
+from server.openai.completions import create_completion
+from server.openai.responses import create_response, not_stored
+from server.openai.schemas import (
     DEFAULT_MAX_REQUEST_BODY_BYTES,
     DetokenizeRequest,
     DetokenizeResponse,
@@ -28,10 +30,8 @@ from server.schemas import (
     TokenizeResponse,
     encode,
 )
-from server.serving import ServerState
-from server.serving_chat import create_chat_completion
-from server.serving_completion import create_completion
-from server.serving_responses import create_response, not_stored
+from server.openai.serving import ServerState
+from server.openapi import install_openapi
 
 logger = logging.getLogger(__name__)
 

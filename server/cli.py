@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from engine.errors import ModelLoadError, TensorParallelError
 from server.limits import RequestLimits
-from server.schemas import DEFAULT_MAX_REQUEST_BODY_BYTES
+from server.openai.schemas import DEFAULT_MAX_REQUEST_BODY_BYTES
 
 logger = logging.getLogger("exaone-serve")
 
@@ -212,7 +212,7 @@ def served_name(model: str | None) -> str:
     """The name clients use by default: a hub id as given, a local directory's or .gguf file's base name
     (without .gguf), or the embedded model's name."""
     if model is None:
-        from engine.loader import default_model_path
+        from engine.model.loader import default_model_path
 
         return default_model_path().name.split(".")[0]
     # A local path would show this machine's layout in /v1/models and in every response's `model`.
@@ -230,9 +230,9 @@ def serve_command(args: argparse.Namespace) -> None:
     """
     import uvicorn
 
-    from engine.async_engine import AsyncEngine
     from engine.config import EngineConfig
-    from engine.llm_engine import LLMEngine
+    from engine.core.async_engine import AsyncEngine
+    from engine.core.llm_engine import LLMEngine
     from server.app import attach_engine, create_app
     from server.shutdown import DrainingServer
 
@@ -294,8 +294,8 @@ def serve_command(args: argparse.Namespace) -> None:
 
 def generate_command(args: argparse.Namespace) -> None:
     """Load the model and print the completion of `args.prompt`."""
+    from engine.core.sampling_params import SamplingParams
     from engine.llm import LLM
-    from engine.sampling_params import SamplingParams
 
     llm = LLM(model=args.model, device=_device(args.device), dtype=args.dtype, **_engine_args(args))
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 from fastapi import FastAPI
 
-from server.schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from server.openai.schemas import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 
 # POST route -> its body; the handlers read bodies themselves (msgspec), so FastAPI cannot see them.
 REQUEST_BODIES: dict[str, type[msgspec.Struct]] = {

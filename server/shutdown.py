@@ -18,7 +18,7 @@ from types import FrameType
 
 import uvicorn
 
-from server.serving import ServerState
+from server.openai.serving import ServerState
 
 logger = logging.getLogger("exaone-serve")
 

@@ -16,8 +16,8 @@ if not torch.cuda.is_available():
 import pytest
 from fixtures_models import TINY_KINDS, make_tiny_model
 
-from engine import llm_engine
-from engine.loader import default_model_path
+from engine.core import llm_engine
+from engine.model.loader import default_model_path
 
 # Engines built in this process get a KV cache just large enough for one full-length sequence of the default
 # model (8,192 tokens x 46 KiB in fp32) instead of serving's 1 GiB: the suite holds many engines at once.

@@ -9,9 +9,9 @@ from typing import Any
 import transformers
 from fixtures_models import make_tiny_model
 
-from engine.chat_templates import EXAONE4_TEMPLATE
-from engine.gguf_loader import gguf_tokenizer_dir
-from engine.loader import default_model_path
+from engine.model.gguf_loader import gguf_tokenizer_dir
+from engine.model.loader import default_model_path
+from engine.modes.chat_templates import EXAONE4_TEMPLATE
 
 ROLE_TOKENS = ["[|system|]", "[|user|]", "[|assistant|]", "[|tool|]", "[|endofturn|]"]
 # As in the real EXAONE 4.0 tokenizer, the tags are added tokens (one id each) but not special ones,

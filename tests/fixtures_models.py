@@ -10,8 +10,8 @@ from typing import Any
 import torch
 import transformers
 
-from engine.gguf_loader import gguf_tokenizer_dir
-from engine.loader import default_model_path
+from engine.model.gguf_loader import gguf_tokenizer_dir
+from engine.model.loader import default_model_path
 
 TINY_KINDS = ("exaone_hybrid", "exaone_global", "llama")
 

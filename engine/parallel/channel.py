@@ -12,8 +12,8 @@ from enum import IntEnum
 import torch
 import torch.distributed as dist
 
-from engine.model_runner import StepInputs
 from engine.parallel.state import cpu_group
+from engine.runner.model_runner import StepInputs
 
 
 class Op(IntEnum):

@@ -19,10 +19,10 @@ import torch
 import torch.distributed as dist
 
 from engine.errors import TensorParallelError
-from engine.model_runner import ModelRunner
 from engine.parallel.channel import Op, StepChannel
 from engine.parallel.state import cpu_group, destroy_tensor_parallel, init_tensor_parallel
 from engine.parallel.worker import WorkerSpec, exchange_num_blocks, worker_main
+from engine.runner.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 

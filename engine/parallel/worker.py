@@ -16,14 +16,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from engine.attention import make_attention_backend
+from engine.attention.torch_backend import make_attention_backend
 from engine.config import EngineConfig, ModelConfig
-from engine.kv_cache import KVCacheManager, PoolSpec
-from engine.model import HybridTransformer
-from engine.model_runner import ModelRunner
+from engine.kv.kv_cache import KVCacheManager, PoolSpec
+from engine.model.transformer import HybridTransformer
 from engine.parallel.channel import Op, StepChannel
 from engine.parallel.layers import ShardedLayer
 from engine.parallel.state import cpu_group, destroy_tensor_parallel, init_tensor_parallel
+from engine.runner.model_runner import ModelRunner
 
 logger = logging.getLogger(__name__)
 

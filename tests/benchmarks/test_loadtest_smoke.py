@@ -12,8 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 from harness import live_server, make_engine
 
 from benchmarks.loadtest.scenarios import SCENARIOS

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from engine.attention.testing import make_case, run_reference, run_triton
 from kernels.attention import paged_attention
-from kernels.testing import make_case, run_reference, run_triton
 
 # (contexts, new tokens per sequence): decodes first, then prefill chunks.
 BATCHES = {

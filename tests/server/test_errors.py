@@ -133,7 +133,7 @@ def test_unknown_routes_and_methods_use_the_error_shape(http):
 
 
 def test_unknown_fields_are_ignored_and_logged_once(http, caplog):
-    caplog.set_level(logging.DEBUG, logger="server.serving")
+    caplog.set_level(logging.DEBUG, logger="server.openai.serving")
     for _ in range(2):
         r = http.post("/v1/chat/completions", json=chat(frobnicate=True, logit_bias={"1": 2}))
         assert r.status_code == 200, r.text

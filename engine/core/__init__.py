@@ -1,0 +1,1 @@
+"""The request path: LLMEngine and AsyncEngine, the scheduler, sequences, outputs and sampling params."""

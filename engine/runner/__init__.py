@@ -1,0 +1,1 @@
+"""The model runner: one scheduled batch -> flat step inputs -> the model -> logits."""
