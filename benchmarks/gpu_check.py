@@ -32,8 +32,8 @@ if "--dry-run" in sys.argv and not torch.cuda.is_available():
 
 import triton
 
+from engine.attention.backend import AttentionMetadata, KVLayout
 from engine.attention.testing import make_case, run_reference, run_triton
-from engine.attention.torch_backend import AttentionMetadata, KVLayout
 from engine.attention.triton_backend import TritonAttentionBackend
 from engine.config import EngineConfig, ModelConfig
 from engine.core.scheduler import ScheduledBatch

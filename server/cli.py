@@ -1,5 +1,5 @@
-"""`exaone-serve`: `serve` runs the OpenAI-compatible server, `generate` prints one completion, `bench`
-load-tests a server (benchmarks/loadtest).
+"""`exaone-serve`: `serve` runs the OpenAI-compatible server, `generate` prints one completion; `bench`
+load-tests a server (benchmarks/loadtest, which registers it as a plugin command: server/ never imports it).
 
 Flags are named as vLLM names them where the idea is the same.
 """
@@ -14,6 +14,7 @@ import re
 import signal
 import sys
 import threading
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -22,6 +23,9 @@ from server.limits import RequestLimits
 from server.openai.schemas import DEFAULT_MAX_REQUEST_BODY_BYTES
 
 logger = logging.getLogger("exaone-serve")
+
+# Entry points of this group add subcommands: `name = "module:function"`, called with the subparsers.
+COMMAND_PLUGINS = "exaone_serve.commands"
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -185,10 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int)
     gen.set_defaults(func=generate_command)
 
-    from benchmarks.loadtest.cli import add_bench_parser
-
-    add_bench_parser(sub)
+    _add_plugin_commands(sub)
     return parser
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """Subcommands other packages register under COMMAND_PLUGINS (the load-test suite's `bench`)."""
+    for plugin in entry_points(group=COMMAND_PLUGINS):
+        try:
+            add_parser = plugin.load()
+        except ModuleNotFoundError as e:
+            # An install without the plugin's package (the Docker image has no benchmarks/) lacks that command.
+            if e.name != plugin.module.split(".")[0]:
+                raise
+            continue
+        add_parser(sub)
 
 
 def _device(name: str) -> str:

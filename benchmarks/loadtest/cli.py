@@ -1,4 +1,4 @@
-"""`exaone-serve bench run|sweep|compare`: the flags, target discovery and the manifest of a run.
+"""`exaone-serve bench run|sweep|compare`: the flags and their checks.
 
     exaone-serve bench run --base-url http://127.0.0.1:8000 --scenario mixed --users 16 --duration 60s --out DIR
     exaone-serve bench sweep --base-url URL --scenario chat --slo ttft=500ms,tpot=100ms --out DIR
@@ -8,13 +8,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import shlex
-import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -133,24 +129,3 @@ def bench_command(args: argparse.Namespace) -> None:
     args.out = args.out or Path("bench-results") / time.strftime("%Y%m%d-%H%M%S")
     args.command_line = " ".join(shlex.quote(a) for a in ["exaone-serve", *sys.argv[1:]])
     getattr(driver, args.bench_command)(args)
-
-
-def manifest(args: argparse.Namespace, targets: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The command, seeds, versions of the client and of each target (as far as it says)."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).parent).stdout.strip() or None
-    except OSError:
-        commit = None
-    return {"command": args.command_line, "seed": args.seed, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "client": {"python": platform.python_version(), "locust": version("locust"),
-                       "exaone_serve_commit": commit, "host": platform.node(), "machine": platform.machine()},
-            "targets": targets,
-            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                     if isinstance(v, str | int | float | bool | list | Path | type(None))}}
-
-
-def write_manifest(out: Path, data: dict[str, Any]) -> None:
-    """manifest.json in `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "manifest.json").write_text(json.dumps(data, indent=1, default=str))

@@ -13,8 +13,7 @@ from typing import Any
 
 import requests
 
-from benchmarks.loadtest.cli import manifest, write_manifest
-from benchmarks.loadtest.report import plot_sweep, write_run
+from benchmarks.loadtest.report import manifest, plot_sweep, write_manifest, write_run
 from benchmarks.loadtest.runner import run_load
 from benchmarks.loadtest.scenarios import EXTENSIONS, ScenarioOptions, parse_mix
 from benchmarks.loadtest.servers import exaone_serve, started

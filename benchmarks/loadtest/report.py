@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
+import platform
+import subprocess
+import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +210,24 @@ def plot_sweep(path: Path, points: list[dict[str, Any]], target_share: float) ->
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def manifest(args: argparse.Namespace, targets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The command, seeds, versions of the client and of each target (as far as it says)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or None
+    except OSError:
+        commit = None
+    return {"command": args.command_line, "seed": args.seed, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "client": {"python": platform.python_version(), "locust": version("locust"),
+                       "exaone_serve_commit": commit, "host": platform.node(), "machine": platform.machine()},
+            "targets": targets,
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                     if isinstance(v, str | int | float | bool | list | Path | type(None))}}
+
+
+def write_manifest(out: Path, data: dict[str, Any]) -> None:
+    """manifest.json in `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").write_text(json.dumps(data, indent=1, default=str))

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.attention.torch_backend import AttentionMetadata, KVLayout, TorchAttentionBackend
+from engine.attention.backend import AttentionMetadata, KVLayout
+from engine.attention.torch_backend import TorchAttentionBackend
 from engine.kv.kv_cache import ring_size
 from kernels.attention import SplitKScratch, paged_attention
 from kernels.cache import write_kv_cache

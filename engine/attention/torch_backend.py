@@ -1,67 +1,13 @@
-"""Attention over the paged KV cache: the backend interface and its torch implementation."""
+"""The torch attention backend: the reference and CPU path (gather + SDPA, or the in-place paged decode)."""
 
 from __future__ import annotations
-
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from engine.attention.backend import AttentionBackend, AttentionMetadata, KVLayout
 from engine.attention.paged_decode import InPlaceDecode
 from kernels import reference
-
-
-@dataclass
-class KVLayout:
-    """Where one KV pool's tokens live for this step's batch (one per layer kind)."""
-
-    block_tables: torch.Tensor  # [num_seqs, blocks_per_seq] int64; -1 where no block is held
-    slot_mapping: torch.Tensor  # [num_tokens] int64: cache slot for each new token's K/V
-    ring_blocks: int | None  # sliding pools: logical block j lives in table entry j % ring_blocks
-
-
-@dataclass
-class AttentionMetadata:
-    """The flat batch as attention sees it; sequences with one query token (decodes) come first."""
-
-    query_start_loc: torch.Tensor  # [num_seqs + 1] (cu_seqlens_q)
-    seq_lens: torch.Tensor  # [num_seqs] context length including this step's tokens
-    positions: torch.Tensor  # [num_tokens]
-    layouts: dict[str, KVLayout]  # "global" / "sliding"
-    num_decodes: int
-    # Host copies, so that the per-layer prefill loop never waits on the device.
-    query_start_loc_host: list[int]
-    seq_lens_host: list[int]
-    # Per-step values a backend derives once and reuses in every layer (e.g. decode masks).
-    scratch: dict[Any, Any] = field(default_factory=dict)
-
-
-class AttentionBackend(ABC):
-    """Writes a layer's new K/V into its cache and attends over what the cache holds.
-
-    A backend also brings the fused small ops the model runs around attention; by default their
-    torch twins (kernels.reference), which are what the CPU path runs.
-    """
-
-    rms_norm = staticmethod(reference.rms_norm)
-    qk_norm_rope = staticmethod(reference.qk_norm_rope)
-    silu_and_mul = staticmethod(reference.silu_and_mul)
-
-    @abstractmethod
-    def forward(
-        self,
-        q: torch.Tensor,  # [num_tokens, num_heads, head_dim]
-        k: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
-        v: torch.Tensor,
-        kv_cache: torch.Tensor,  # [2, num_blocks, block_size, num_kv_heads, head_dim]
-        layout: KVLayout,
-        window: int | None,
-        meta: AttentionMetadata,
-        scale: float,
-    ) -> torch.Tensor:
-        """Returns the attention output, [num_tokens, num_heads, head_dim]."""
 
 
 def key_positions(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int,
@@ -238,18 +184,3 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
     q = q.view(b, lq, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * lq, d)
     out = F.scaled_dot_product_attention(q, k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, scale=scale)
     return out.view(b, hkv, g, lq, d).permute(0, 3, 1, 2, 4).reshape(b, lq, h, d)
-
-
-BACKENDS = ("auto", "torch", "triton")
-
-
-def make_attention_backend(name: str, device: torch.device, num_heads: int, head_dim: int,
-                           max_num_seqs: int) -> AttentionBackend:
-    """The backend `name` picks: auto is triton on CUDA and torch elsewhere."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    if name == "torch" or (name == "auto" and device.type != "cuda"):
-        return TorchAttentionBackend()
-    from engine.attention.triton_backend import TritonAttentionBackend  # imports triton only when chosen
-
-    return TritonAttentionBackend(device, num_heads, head_dim, max_num_seqs)

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from engine.attention.torch_backend import AttentionBackend, AttentionMetadata, KVLayout
+from engine.attention.backend import AttentionBackend, AttentionMetadata, KVLayout
 from kernels import fused
 from kernels.attention import SplitKScratch, paged_attention
 from kernels.cache import write_kv_cache

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import torch
 
-from engine.attention.torch_backend import make_attention_backend
+from engine.attention.selector import make_attention_backend
 from engine.config import EngineConfig, ModelConfig, resolve_dtype
 from engine.core.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
 from engine.core.sampling_params import SamplingParams

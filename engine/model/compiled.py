@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import itertools
 import weakref
-from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
-if TYPE_CHECKING:
-    from engine.attention.torch_backend import AttentionMetadata
-    from engine.model.transformer import HybridTransformer
+from engine.attention.backend import AttentionMetadata
 
 _DECODERS: weakref.WeakValueDictionary[int, CompiledDecoder] = weakref.WeakValueDictionary()
 _ids = itertools.count()
@@ -26,8 +24,8 @@ _ids = itertools.count()
 class CompiledDecoder:
     """A HybridTransformer's decoder layers under torch.compile with a dynamic token count."""
 
-    def __init__(self, model: HybridTransformer) -> None:
-        self.layers = model.model.layers
+    def __init__(self, layers: nn.ModuleList) -> None:
+        self.layers = layers
         self.id = next(_ids)
         _DECODERS[self.id] = self
         for layer in self.layers:

@@ -10,7 +10,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from engine.attention.torch_backend import AttentionBackend, AttentionMetadata
+from engine.attention.backend import AttentionBackend, AttentionMetadata
 from engine.config import LayerSpec, ModelConfig, rope_inv_freq
 from engine.errors import ModelLoadError
 from engine.model.compiled import CompiledDecoder, paged_attention
@@ -194,7 +194,7 @@ class HybridTransformer(nn.Module):
 
     def compile_layers(self) -> None:
         """Run the decoder layers as one torch.compile graph from the next forward on (engine.model.compiled)."""
-        self.compiled = CompiledDecoder(self)
+        self.compiled = CompiledDecoder(self.model.layers)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """Vocabulary logits in fp32 for the given hidden states (on rank 0; None on other ranks)."""

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from engine.parallel.state import cpu_group
-from engine.runner.model_runner import StepInputs
+from engine.runner.step_inputs import StepInputs
 
 
 class Op(IntEnum):

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from engine.attention.torch_backend import make_attention_backend
+from engine.attention.selector import make_attention_backend
 from engine.config import EngineConfig, ModelConfig
 from engine.kv.kv_cache import KVCacheManager, PoolSpec
 from engine.model.transformer import HybridTransformer

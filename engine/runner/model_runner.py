@@ -12,36 +12,22 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
-from engine.attention.torch_backend import AttentionMetadata, KVLayout, TorchAttentionBackend
+from engine.attention.backend import AttentionMetadata, KVLayout
+from engine.attention.torch_backend import TorchAttentionBackend
 from engine.config import EngineConfig
 from engine.core.scheduler import ScheduledBatch
 from engine.cpu_features import linear_path
 from engine.kv.kv_cache import KVCacheManager
 from engine.model.transformer import HybridTransformer
 from engine.parallel.layers import prepack_linears
+from engine.runner.step_inputs import StepInputs
 
 if TYPE_CHECKING:
     from engine.parallel.channel import StepChannel
-
-
-@dataclass
-class StepInputs:
-    """One step's flat host tensors: all a rank needs to run the model (tensor-parallel workers get these)."""
-
-    input_ids: torch.Tensor  # [num_tokens]
-    positions: torch.Tensor  # [num_tokens]
-    query_start_loc: torch.Tensor  # [num_seqs + 1]
-    seq_lens: torch.Tensor  # [num_seqs]
-    block_tables: dict[str, torch.Tensor]  # per pool: [num_seqs, width], -1 where no block is held
-    slot_mapping: dict[str, torch.Tensor]  # per pool: [num_tokens]
-    num_decodes: int
-    sample_rows: list[int] = field(default_factory=list)  # sequences whose last token is sampled
-    full_rows: list[int] = field(default_factory=list)  # sequences that want every token's logits
 
 
 def graph_batch_sizes(max_num_seqs: int) -> list[int]:

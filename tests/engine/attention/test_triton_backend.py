@@ -5,7 +5,8 @@ import torch
 from reference import hf_greedy, random_prompts
 
 from engine import LLM, SamplingParams
-from engine.attention.torch_backend import TorchAttentionBackend, make_attention_backend
+from engine.attention.selector import make_attention_backend
+from engine.attention.torch_backend import TorchAttentionBackend
 
 
 def test_triton_backend_matches_torch_backend_and_transformers(tiny_models):
