@@ -45,7 +45,7 @@ class StepTimer:
         self.batch_sizes: list[int] = []
         targets = {"schedule": (engine.scheduler, "schedule"), "prepare": (engine.runner, "prepare"),
                    "forward": (engine.model, "forward"), "logits": (engine.model, "compute_logits"),
-                   "sample": (engine, "sampler"), "process": (engine, "_process")}
+                   "sample": (engine, "sampler"), "process": (engine.output_processor, "process")}
         for phase, (obj, name) in targets.items():
             setattr(obj, name, self._timed(phase, getattr(obj, name)))
         step = engine.step

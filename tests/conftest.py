@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 import pytest
 from fixtures_models import TINY_KINDS, make_tiny_model
 
-from engine.core import llm_engine
+from engine.kv import sizing
 from engine.model.loader import default_model_path
 
 # Engines built in this process get a KV cache just large enough for one full-length sequence of the default
@@ -27,7 +27,7 @@ TEST_KV_BYTES = 384 << 20
 @pytest.fixture(scope="session", autouse=True)
 def _small_default_kv_cache() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:  # session-wide, so module-scoped engines get it too
-        patch.setattr(llm_engine, "CPU_DEFAULT_KV_BYTES", TEST_KV_BYTES)
+        patch.setattr(sizing, "CPU_DEFAULT_KV_BYTES", TEST_KV_BYTES)
         yield
 
 

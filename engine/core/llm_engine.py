@@ -6,24 +6,25 @@ import contextlib
 import itertools
 import logging
 import os
-from collections import defaultdict
 from dataclasses import replace
 
 import torch
 
 from engine.attention.selector import make_attention_backend
 from engine.config import EngineConfig, ModelConfig, resolve_dtype
-from engine.core.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
+from engine.core.output_processor import OutputProcessor, add_prompt_logprobs
+from engine.core.outputs import RequestOutput
 from engine.core.sampling_params import SamplingParams
 from engine.core.scheduler import ScheduledBatch, Scheduler
-from engine.core.sequence import Sequence, SequenceStatus
+from engine.core.sequence import Sequence
 from engine.cpu_features import log_cpu_paths
 from engine.errors import RequestRejected
-from engine.kv.kv_cache import KVCacheManager, PoolSpec, ring_size, split_budget, steady_blocks_per_seq
+from engine.kv.kv_cache import steady_blocks_per_seq
+from engine.kv.sizing import fit_max_model_len, make_kv_manager, pool_specs
 from engine.model.loader import load_config, resolve_model, tokenizer_path
 from engine.model.transformer import HybridTransformer
 from engine.parallel.executor import TensorParallelExecutor
-from engine.parallel.sizes import kv_heads_per_rank, validate_tensor_parallel
+from engine.parallel.sizes import validate_tensor_parallel
 from engine.parallel.worker import WorkerSpec, log_rank_memory
 from engine.runner.model_runner import ModelRunner
 from engine.sample.sampler import Sampler, SamplingRow
@@ -31,8 +32,6 @@ from engine.text.detokenizer import IncrementalDetokenizer
 from engine.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
-
-CPU_DEFAULT_KV_BYTES = 1 << 30
 
 
 class LLMEngine:
@@ -59,14 +58,14 @@ class LLMEngine:
         self.executor: TensorParallelExecutor | None = None
         if cfg.tensor_parallel_size > 1:
             threads = max(1, (os.cpu_count() or 1) // cfg.tensor_parallel_size)
-            spec = WorkerSpec(path, mcfg, cfg, self.dtype, str(self.device), self._pool_specs(), threads,
+            spec = WorkerSpec(path, mcfg, cfg, self.dtype, str(self.device), pool_specs(mcfg), threads,
                               logging.getLogger().getEffectiveLevel())
             self.executor = TensorParallelExecutor(cfg.tensor_parallel_size, spec, self.device)
         try:
             self.model = HybridTransformer.from_checkpoint(path, mcfg, backend, self.dtype, self.device,
                                                            cfg.max_model_len, progress)
-            self.kv = self._make_kv_manager()
-            self._fit_max_model_len()
+            self.kv = make_kv_manager(mcfg, cfg, self.dtype, self.device)
+            fit_max_model_len(cfg, self.kv)
             self.runner = ModelRunner(self.model, self.kv, self.dtype, self.device, cfg)
             if self.executor is not None:
                 self.executor.start(self.runner)
@@ -80,50 +79,10 @@ class LLMEngine:
         self.sampler = Sampler(self.eos_token_ids)
         self.requests: dict[str, list[Sequence]] = {}
         self.prompts: dict[str, list[int]] = {}
+        self.output_processor = OutputProcessor(cfg, self.scheduler, self.kv, self.runner, self.eos_token_ids,
+                                                self.requests, self.prompts)
         self._seq_ids = itertools.count()
         self.num_prompt_tokens_computed = 0  # prefill work done, recomputation included
-
-    def _pool_specs(self) -> dict[str, PoolSpec]:
-        """One KV pool per layer kind."""
-        mcfg = self.model_config
-        counts: dict[str, int] = defaultdict(int)
-        for spec in mcfg.layers:
-            counts[spec.kv_kind] += 1
-        return {kind: PoolSpec(n, mcfg.sliding_window if kind == "sliding" else None) for kind, n in counts.items()}
-
-    def _make_kv_manager(self) -> KVCacheManager:
-        """Pools per layer kind, sized from kv_cache_memory (CPU) or free GPU memory; per rank under TP."""
-        mcfg, cfg = self.model_config, self.config
-        pools = self._pool_specs()
-        elem = torch.tensor([], dtype=self.dtype).element_size()
-        kv_heads = kv_heads_per_rank(mcfg.num_kv_heads, cfg.tensor_parallel_size)
-        bytes_per_layer_block = 2 * cfg.block_size * kv_heads * mcfg.head_dim * elem
-        budget = cfg.kv_cache_memory
-        if budget is None and self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            budget = int(free - total * (1 - cfg.gpu_memory_utilization))
-        if budget is None:
-            budget = CPU_DEFAULT_KV_BYTES
-        rings = {kind: ring_size(spec.window, cfg.block_size, cfg.max_num_batched_tokens)
-                 for kind, spec in pools.items() if spec.window is not None}
-        num_blocks = split_budget(pools, bytes_per_layer_block, budget, cfg.max_num_seqs, rings)
-        return KVCacheManager(pools, num_blocks, cfg.block_size, cfg.max_num_batched_tokens, cfg.enable_prefix_caching)
-
-    def _fit_max_model_len(self) -> None:
-        """Lower max_model_len to what one sequence can hold in every pool (with a warning).
-
-        Otherwise a lone sequence could outgrow the cache, preempt itself and recompute forever."""
-        cfg, kv = self.config, self.kv
-        fits = cfg.max_model_len
-        for kind, spec in kv.specs.items():
-            blocks = kv.pools[kind].num_blocks
-            if steady_blocks_per_seq(spec, cfg.max_model_len, kv.block_size, cfg.max_num_batched_tokens) > blocks:
-                fits = min(fits, blocks * kv.block_size)
-        if fits < cfg.max_model_len:
-            logger.warning("max_model_len lowered from %d to %d tokens: the KV cache holds at most %d tokens of "
-                           "one sequence; raise --kv-cache-memory to serve %d", cfg.max_model_len, fits, fits,
-                           cfg.max_model_len)
-            cfg.max_model_len = fits
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -216,7 +175,7 @@ class LLMEngine:
         with self.executor.guard() if self.executor is not None else contextlib.nullcontext():
             logits, full_logits = self.runner.execute(batch, sample_rows, full_rows)
         for row, chunk_logits in full_logits.items():
-            self._add_prompt_logprobs(batch.seqs[row], chunk_logits)
+            add_prompt_logprobs(batch.seqs[row], chunk_logits)
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
             self.num_prompt_tokens_computed += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens))
             seq.num_computed_tokens += n
@@ -225,31 +184,14 @@ class LLMEngine:
         logit_rows: list[int] = []
         for row, i in enumerate(sample_rows):
             seq = batch.seqs[i]
-            for s in [seq, *self._fork_children(seq)]:
+            for s in [seq, *self.output_processor.fork_children(seq)]:
                 samplers.append(s)
                 logit_rows.append(row)
         if len(logit_rows) != len(sample_rows):
             logits = logits[logit_rows]
         rows = [self._sampling_row(s) for s in samplers]
         sampled = self.sampler(logits, rows)
-        return self._process(samplers, sampled)
-
-    @staticmethod
-    def _add_prompt_logprobs(seq: Sequence, chunk_logits: torch.Tensor) -> None:
-        """Logprobs of the prompt tokens this chunk predicts (position j predicts token j + 1)."""
-        start = seq.num_computed_tokens
-        # After a preemption the chunk is recomputed: skip what is already recorded.
-        first = len(seq.prompt_logprobs) - 1 - start
-        targets = seq.token_ids[start + 1 + first : min(start + len(chunk_logits), seq.num_prompt_tokens - 1) + 1]
-        if first < 0 or not targets:
-            return
-        logprobs = torch.log_softmax(chunk_logits[first : first + len(targets)], dim=-1)
-        chosen = logprobs.gather(1, torch.tensor(targets, device=logprobs.device)[:, None])[:, 0].tolist()
-        k = seq.params.prompt_logprobs
-        top_lps, top_ids = logprobs.topk(k, dim=-1) if k else (None, None)
-        for i, token in enumerate(targets):
-            top = list(zip(top_ids[i].tolist(), top_lps[i].tolist(), strict=True)) if k else []
-            seq.prompt_logprobs.append(TokenLogprob(token, chosen[i], top))
+        return self.output_processor.process(samplers, sampled)
 
     @staticmethod
     def _sampling_row(seq: Sequence) -> SamplingRow:
@@ -259,103 +201,6 @@ class LLMEngine:
         wants_output = penalties or p.repetition_penalty != 1.0 or bool(p.logits_processors) or p.min_tokens > 0
         prompt = seq.token_ids[: seq.num_prompt_tokens] if p.repetition_penalty != 1.0 else []
         return SamplingRow(p, prompt, seq.output_token_ids if wants_output else [], seq.generator)
-
-    def _fork_children(self, parent: Sequence) -> list[Sequence]:
-        """Once sample 1's prompt is in the cache, samples 2..n share its blocks and start decoding."""
-        if not parent.children or parent.num_output_tokens > 0:
-            return []
-        children, parent.children = parent.children, []
-        forked = []
-        for child in children:
-            if child.is_finished:
-                continue
-            if not self.kv.can_fork(parent.block_tables, parent.num_computed_tokens):
-                self.scheduler.add(child)  # no room to copy: it prefills on its own later
-                continue
-            child.block_tables, copies = self.kv.fork(parent.block_tables, parent.num_computed_tokens)
-            child.block_hashes = list(parent.block_hashes)
-            child.num_cached_tokens = parent.num_cached_tokens
-            self.runner.copy_blocks(copies)
-            child.num_computed_tokens = parent.num_computed_tokens
-            child.status = SequenceStatus.RUNNING
-            self.scheduler.running.append(child)
-            forked.append(child)
-        return forked
-
-    def _process(self, seqs: list[Sequence], sampled) -> list[RequestOutput]:
-        """Append sampled tokens, detokenize, apply stop conditions, and build per-request deltas."""
-        token_ids = sampled.token_ids.tolist()
-        logprobs = sampled.logprobs.tolist()
-        top_ids = sampled.top_token_ids.tolist() if sampled.top_token_ids is not None else None
-        top_lps = sampled.top_logprobs.tolist() if sampled.top_logprobs is not None else None
-        deltas: dict[str, list[CompletionOutput]] = defaultdict(list)
-        failed = set(sampled.failed_rows)
-        for i, seq in enumerate(seqs):
-            if i not in failed:  # failed: its logits processor raised
-                try:
-                    lp = None
-                    if seq.params.logprobs is not None:
-                        k = seq.params.logprobs
-                        top = list(zip(top_ids[i][:k], top_lps[i][:k], strict=True)) if k and top_ids else []
-                        lp = [TokenLogprob(token_ids[i], logprobs[i], top)]
-                    deltas[seq.request_id].append(self._append_token(seq, token_ids[i], lp))
-                    continue
-                except Exception:
-                    logger.exception("request %s failed on its new token; ending it", seq.request_id)
-            # end this request only, with what it had
-            seq.finish_reason = "abort"
-            self.scheduler.finish(seq)
-            deltas[seq.request_id].append(CompletionOutput(seq.index, "", [], None, "abort"))
-        return self._request_outputs(deltas)
-
-    def _append_token(self, seq: Sequence, token: int, lp: list[TokenLogprob] | None) -> CompletionOutput:
-        """Append one sampled token: detokenize, apply stop conditions; the sample's delta."""
-        seq.token_ids.append(token)
-        ended_by_token = self._ends_on_token(seq, token)
-        # The eos / stop token itself is not text of the answer (as in vLLM).
-        text = "" if ended_by_token else seq.detokenizer.update([token])
-        self._check_stop(seq, token, ended_by_token)
-        if seq.is_finished and not seq.detokenizer.finished:
-            text += seq.detokenizer.flush()
-        return CompletionOutput(seq.index, text, [token], lp, seq.finish_reason, seq.stop_reason)
-
-    def _ends_on_token(self, seq: Sequence, token: int) -> bool:
-        """True when `token` is an eos or stop token that ends this sequence."""
-        params = seq.params
-        if seq.num_output_tokens < params.min_tokens:
-            return False
-        return token in params.stop_token_ids or (not params.ignore_eos and token in self.eos_token_ids)
-
-    def _check_stop(self, seq: Sequence, token: int, ended_by_token: bool) -> None:
-        """Finish the sequence if a stop condition holds after appending `token`."""
-        params = seq.params
-        reason: str | None = None
-        if ended_by_token:
-            reason = "stop"
-            seq.stop_reason = token if token in params.stop_token_ids else None
-        elif seq.detokenizer.finished:
-            reason, seq.stop_reason = "stop", seq.detokenizer.stop_reason
-        elif seq.num_output_tokens >= (params.max_tokens or 0) or seq.num_tokens >= self.config.max_model_len:
-            reason = "length"
-        if reason is not None:
-            seq.finish_reason = reason
-            self.scheduler.finish(seq)
-
-    def _request_outputs(self, deltas: dict[str, list[CompletionOutput]]) -> list[RequestOutput]:
-        outputs = []
-        for request_id, outs in deltas.items():
-            seqs = self.requests[request_id]
-            finished = all(s.is_finished for s in seqs)
-            first = seqs[0]
-            metrics = RequestMetrics(first.arrival_time, first.first_scheduled_time)
-            prompt_logprobs = None
-            if first.params.prompt_logprobs is not None and first.num_output_tokens == 1 and outs[0].index == 0:
-                prompt_logprobs = first.prompt_logprobs
-            outputs.append(RequestOutput(request_id, self.prompts[request_id], outs, finished, metrics,
-                                         prompt_logprobs, first.num_cached_tokens or 0))
-            if finished:
-                del self.requests[request_id], self.prompts[request_id]
-        return outputs
 
     def shutdown(self) -> None:
         """Stop tensor-parallel workers, if any (idempotent; a later step raises)."""

@@ -187,7 +187,7 @@ def test_a_failing_logits_processor_ends_only_its_request(tiny_models):
 
 
 def test_max_model_len_is_lowered_to_what_the_cache_holds_and_a_lone_sequence_ends(tiny_models, caplog):
-    caplog.set_level(logging.WARNING, logger="engine.core.llm_engine")
+    caplog.set_level(logging.WARNING, logger="engine.kv.sizing")
     # 16 blocks of 4 tokens per pool: one sequence can never grow past 64 tokens
     llm = LLM(model=str(tiny_models["exaone_hybrid"]), progress=False, block_size=4, kv_cache_memory=64 * 1024)
     assert llm.engine.config.max_model_len == 64
