@@ -25,8 +25,8 @@ from collections import Counter
 from pathlib import Path
 
 import httpx2
-from loadtest.servers import exaone_serve, started
-from prometheus_client.parser import text_string_to_metric_families
+import requests
+from loadtest.servers import exaone_serve, server_gauges, started
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
                                             "parameters": {"type": "object", "properties": {
@@ -73,18 +73,6 @@ async def one(client: httpx2.AsyncClient, route: str, body: dict, stream: bool, 
         return "ok"
     except httpx2.HTTPError as e:
         return type(e).__name__
-
-
-def server_stats(base_url: str) -> dict[str, float]:
-    """Running and waiting requests and KV blocks in use, from /metrics."""
-    text = urllib.request.urlopen(f"{base_url}/metrics", timeout=30).read().decode()
-    stats: Counter[str] = Counter()
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name in ("exaone:num_requests_running", "exaone:num_requests_waiting",
-                          "exaone:kv_cache_used_blocks"):
-                stats[s.name.removeprefix("exaone:")] += s.value
-    return dict(stats)
 
 
 def rss_mib(pid: int) -> float:
@@ -154,7 +142,8 @@ def main() -> None:
         outcomes = asyncio.run(soak(base_url, args))
         seconds = time.perf_counter() - start
         deadline = time.monotonic() + 60  # aborts of dropped streams land within a step or two
-        while (stats := server_stats(base_url))["num_requests_running"] + stats["num_requests_waiting"] \
+        session = requests.Session()
+        while (stats := server_gauges(base_url, session))["running"] + stats["waiting"] \
                 and time.monotonic() < deadline:
             time.sleep(0.5)
         rss_end = rss_mib(pid) if pid else float("nan")

@@ -1,4 +1,4 @@
-"""Project-wide fixtures: tiny random-weight HF checkpoints and the embedded default GGUF."""
+"""Project-wide fixtures: tiny random-weight HF checkpoints, the tiny EXAONE 4.0, the embedded default GGUF."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
+from fixtures_exaone import make_exaone_model
 from fixtures_models import TINY_KINDS, make_tiny_model
 
 from engine.kv import sizing
@@ -36,6 +37,12 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One tiny checkpoint per kind, written once per test session."""
     root = tmp_path_factory.mktemp("tiny_models")
     return {kind: make_tiny_model(root, kind) for kind in TINY_KINDS}
+
+
+@pytest.fixture(scope="session")
+def exaone_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny random EXAONE 4.0 checkpoint with EXAONE's tokens and chat template (read only; shared)."""
+    return str(make_exaone_model(tmp_path_factory.mktemp("exaone")))
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import threading
 import time
@@ -15,18 +14,12 @@ import uvicorn
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.loadtest.servers import free_port
 from engine.config import EngineConfig
 from engine.core.async_engine import AsyncEngine
 from engine.core.llm_engine import LLMEngine
 
 MODEL = "smollm2"  # the name the default-model test servers answer to
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_engine(model: str | None, max_queued_requests: int | None = None, **config: Any) -> AsyncEngine:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -22,10 +21,8 @@ from locust.env import Environment
 from locust.log import setup_logging
 from locust.runners import STATE_STOPPED
 
+from benchmarks.loadtest.servers import free_port, server_gauges
 from benchmarks.loadtest.users import LoadConfig, LoadContext, RunShape, clock, user_classes
-
-SERVER_GAUGES = {"exaone:num_requests_running": "running", "exaone:num_requests_waiting": "waiting",
-                 "exaone:num_preemptions_total": "preemptions", "exaone:num_preemptions": "preemptions"}
 
 
 @dataclass
@@ -39,26 +36,11 @@ class RunData:
     wall_s: float = 0.0
 
 
-def scrape(base_url: str, session: requests.Session) -> dict[str, float]:
-    """Our server's queue, running batch, KV use (max over layer kinds) and preemptions, from /metrics."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    sample: dict[str, float] = {"t": clock()}
-    text = session.get(f"{base_url}/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            if s.name in SERVER_GAUGES:
-                sample[SERVER_GAUGES[s.name]] = s.value
-            elif s.name == "exaone:kv_cache_usage_perc":
-                sample["kv_usage"] = max(sample.get("kv_usage", 0.0), s.value)
-    return sample
-
-
 def _scraper(base_url: str, out: list[dict[str, float]]) -> None:
     session = requests.Session()
     while True:
         with contextlib.suppress(requests.RequestException, ValueError):  # the client view goes on without it
-            out.append(scrape(base_url, session))
+            out.append({"t": clock(), **server_gauges(base_url, session)})
         gevent.sleep(1.0)
 
 
@@ -82,12 +64,6 @@ def _progress(env: Environment, cfg: LoadConfig, started: float) -> None:
         print(("\r" if tty else "") + line, end="" if tty else "\n", file=sys.stderr, flush=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_load(cfg: LoadConfig, out_dir: Path, ours: bool, progress: bool = True) -> RunData:
     """Run `cfg` to its end (duration plus drain) and return every record."""
     setup_logging("WARNING")
@@ -99,7 +75,7 @@ def run_load(cfg: LoadConfig, out_dir: Path, ours: bool, progress: bool = True) 
     ctx.environment = env
     workers: list[subprocess.Popen] = []
     if cfg.processes > 1:
-        port = _free_port()
+        port = free_port()
         runner = env.create_master_runner(master_bind_host="127.0.0.1", master_bind_port=port)
         config_path = out_dir / "load_config.json"
         config_path.write_text(json.dumps(asdict(cfg)))

@@ -1,4 +1,5 @@
-"""Start a target server for a run and stop it after, so that one server at a time holds the machine."""
+"""Start a target server for a run and stop it after, so that one server at a time holds the machine;
+read its gauges from /metrics."""
 
 from __future__ import annotations
 
@@ -14,13 +15,22 @@ from pathlib import Path
 
 import requests
 
+EXAONE_SERVE = str(Path(sys.executable).parent / "exaone-serve")  # the console script beside this interpreter
+SERVER_GAUGES = {"exaone:num_requests_running": "running", "exaone:num_requests_waiting": "waiting",
+                 "exaone:num_preemptions_total": "preemptions", "exaone:num_preemptions": "preemptions"}
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
 
 def exaone_serve(serve_args: str) -> tuple[list[str], str]:
     """The command line of `exaone-serve serve` on a free loopback port with extra flags, and its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [str(Path(sys.executable).parent / "exaone-serve"), "serve", "--host", "127.0.0.1", "--port", str(port),
+    port = free_port()
+    command = [EXAONE_SERVE, "serve", "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning", *shlex.split(serve_args)]
     return command, f"http://127.0.0.1:{port}"
 
@@ -55,3 +65,18 @@ def started(command: list[str] | None, base_url: str, timeout: float = 900.0) ->
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def server_gauges(base_url: str, session: requests.Session) -> dict[str, float]:
+    """Our server's queue, running batch, KV use (max over layer kinds) and preemptions, from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sample: dict[str, float] = {}
+    text = session.get(f"{base_url}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name in SERVER_GAUGES:
+                sample[SERVER_GAUGES[s.name]] = s.value
+            elif s.name == "exaone:kv_cache_usage_perc":
+                sample["kv_usage"] = max(sample.get("kv_usage", 0.0), s.value)
+    return sample

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from harness import live_server, make_engine
 
 from benchmarks.loadtest.scenarios import SCENARIOS
+from benchmarks.loadtest.servers import EXAONE_SERVE
 from benchmarks.loadtest.stats import LATENCIES
 from server.app import create_app
 
-EXAONE_SERVE = str(Path(sys.executable).parent / "exaone-serve")
 # every scenario in the first round of 5 users (or the first 5 arrivals); short, so that the test is quick
 LOAD = ["--scenario", "chat=1,reasoning=1,tools=1,json=1,long=1", "--output-tokens", "6", "--prompt-words", "12",
         "--long-prompt-words", "150", "--thinking-budget", "3", "--duration", "2s", "--drain", "40s",

@@ -1,11 +1,11 @@
 """A real uvicorn on loopback serving the embedded default model, one per test module that asks for it;
-the tiny EXAONE checkpoint the mode, fuzz, security and Responses tests serve; an httpx client."""
+an httpx client. (The tiny EXAONE checkpoint the mode, fuzz, security and Responses tests serve is
+tests/conftest.py's exaone_model.)"""
 
 from __future__ import annotations
 
 import httpx2
 import pytest
-from fixtures_exaone import make_exaone_model
 from harness import MODEL, live_server, running_engine
 from openai import OpenAI
 
@@ -22,12 +22,6 @@ def base_url():
 @pytest.fixture(scope="module")
 def client(base_url: str) -> OpenAI:
     return OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="session")
-def exaone_model(tmp_path_factory) -> str:
-    """A tiny random EXAONE 4.0 checkpoint with EXAONE's tokens and chat template (read only; shared)."""
-    return str(make_exaone_model(tmp_path_factory.mktemp("exaone")))
 
 
 @pytest.fixture(scope="module")

@@ -5,21 +5,19 @@ from __future__ import annotations
 import io
 import signal
 import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import httpx2
 import openai
 import pytest
-from harness import assert_openai_error, free_port, metric, wait_for, wait_healthy
+from harness import assert_openai_error, metric, wait_for, wait_healthy
 
+from benchmarks.loadtest.servers import EXAONE_SERVE, free_port
 from clients.chat import ChatSession
 from server.cli import served_name
 
 KEY = "sk-test-0123456789"
 MODEL = "tiny"
-EXAONE_SERVE = str(Path(sys.executable).parent / "exaone-serve")
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -2,14 +2,12 @@
 
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 from fixtures_cpu import avx2_only_env
-from harness import free_port, wait_healthy
+from harness import wait_healthy
 from openai import OpenAI
 
-EXAONE_SERVE = str(Path(sys.executable).parent / "exaone-serve")
+from benchmarks.loadtest.servers import EXAONE_SERVE, free_port
 
 
 def test_bf16_server_answers_on_an_avx2_only_cpu(exaone_model):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,13 +13,13 @@ from pathlib import Path
 
 import httpx2
 import uvicorn
-from harness import assert_openai_error, free_port, make_engine, metric, wait_for, wait_healthy
+from harness import assert_openai_error, make_engine, metric, wait_for, wait_healthy
 
+from benchmarks.loadtest.servers import EXAONE_SERVE, free_port
 from server.app import create_app
 from server.shutdown import DrainingServer
 
 MODEL = "tiny"
-EXAONE_SERVE = str(Path(sys.executable).parent / "exaone-serve")
 LONG = 3000  # tokens no test waits for: the tiny model takes seconds for them on a CPU
 
 

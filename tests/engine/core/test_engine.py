@@ -5,25 +5,12 @@ import math
 import random
 
 import pytest
+from engine_checks import assert_no_blocks_held, greedy, tokens_of
 from fixtures_models import make_tiny_model
 from reference import hf_greedy, random_prompts
 
 from engine import LLM, SamplingParams
 from engine.errors import RequestRejected
-
-
-def greedy(max_tokens: int, **kw) -> SamplingParams:
-    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, **kw)
-
-
-def tokens_of(outputs) -> list[list[int]]:
-    return [o.outputs[0].token_ids for o in outputs]
-
-
-def assert_no_blocks_held(llm: LLM) -> None:
-    stats = llm.engine.stats()
-    assert stats["running"] == stats["waiting"] == 0
-    assert all(n == 0 for n in stats["kv_blocks_used"].values()), stats
 
 
 @pytest.mark.parametrize("kind", ["exaone_hybrid", "default"])

@@ -2,9 +2,8 @@
 tokens with caching on, off and in transformers; hit lengths; blocks all free or cached at the end."""
 
 import pytest
-from fixtures_exaone import make_exaone_model
+from engine_checks import assert_no_blocks_held, greedy, tokens_of
 from reference import hf_greedy, random_prompts
-from test_engine import assert_no_blocks_held, greedy, tokens_of
 
 from engine import LLM, SamplingParams
 
@@ -52,9 +51,8 @@ def test_eight_concurrent_requests_share_a_system_prompt(llms, model_dir):
     assert all(n > 0 for n in stats["kv_blocks_cached"].values())
 
 
-def test_four_turn_conversation_reuses_each_turn(tmp_path_factory):
-    model = str(make_exaone_model(tmp_path_factory.mktemp("exaone")))
-    llms = {on: LLM(model=model, progress=False, block_size=BLOCK, enable_prefix_caching=on) for on in (True, False)}
+def test_four_turn_conversation_reuses_each_turn(exaone_model):
+    llms = {on: LLM(model=exaone_model, progress=False, block_size=BLOCK, enable_prefix_caching=on) for on in (True, False)}
     messages = [{"role": "system", "content": "You are a careful assistant. " * 6}]
     params = SamplingParams(max_tokens=10, temperature=0.0)
     previous: list[int] = []
@@ -74,7 +72,7 @@ def test_four_turn_conversation_reuses_each_turn(tmp_path_factory):
         prompts.append(prompt)
         answers.append(on.outputs[0].token_ids)
         messages.append({"role": "assistant", "content": on.outputs[0].text})
-    reference = [t for t, _ in hf_greedy(model, prompts, 10)]
+    reference = [t for t, _ in hf_greedy(exaone_model, prompts, 10)]
     assert [a == r[: len(a)] for a, r in zip(answers, reference, strict=True)] == [True] * 4
     for llm in llms.values():
         assert_no_blocks_held(llm)
@@ -122,12 +120,12 @@ def test_prompt_logprobs_skip_the_cache_and_reset_forgets_it(llms):
 
 
 @pytest.mark.parametrize("reasoning", [True, False])
-def test_next_turn_reuses_the_last_prompt_but_not_the_last_answer(tmp_path_factory, reasoning):
+def test_next_turn_reuses_the_last_prompt_but_not_the_last_answer(exaone_model, reasoning):
     """What a chat's turn k+1 finds cached of turn k (figures in README). With reasoning on, EXAONE 4.0's
     template drops turn k's thinking, so its output is not in turn k+1's prompt; with reasoning off the
     answer is, but re-rendered: `</think>\n\n` + answer tokenizes as `\n`, `\n`, answer, where the output
     began after one `\n\n` token. Either way the hit ends just before turn k's last prompt token."""
-    llm = LLM(model=str(make_exaone_model(tmp_path_factory.mktemp("exaone"))), progress=False, block_size=BLOCK)
+    llm = LLM(model=exaone_model, progress=False, block_size=BLOCK)
     tokenizer = llm.tokenizer
     messages = [{"role": "system", "content": "You are a careful assistant. " * 6}]
     answer = "The answer is four, because two plus two is four."

@@ -5,7 +5,7 @@ import time
 
 import pytest
 import torch
-from fixtures_exaone import exaone_tokenizer, make_exaone_model
+from fixtures_exaone import exaone_tokenizer
 
 import engine.modes.reasoning as reasoning_module
 from engine import LLM, SamplingParams
@@ -28,8 +28,8 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 
 
 @pytest.fixture(scope="module")
-def exaone_llm(tmp_path_factory: pytest.TempPathFactory) -> LLM:
-    return LLM(model=str(make_exaone_model(tmp_path_factory.mktemp("exaone"))), progress=False)
+def exaone_llm(exaone_model: str) -> LLM:
+    return LLM(model=exaone_model, progress=False)
 
 
 @pytest.fixture(scope="module")

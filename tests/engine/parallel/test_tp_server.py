@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from harness import free_port, metrics, wait_for, wait_healthy
+from harness import metrics, wait_for, wait_healthy
 from openai import OpenAI
 
-EXAONE_SERVE = str(Path(sys.executable).parent / "exaone-serve")
+from benchmarks.loadtest.servers import EXAONE_SERVE, free_port
 
 
 def descendants(pid: int) -> list[int]:
