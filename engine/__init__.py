@@ -1,4 +1,9 @@
-"""exaone-serve engine: model, KV cache, scheduler, sampler, and the offline LLM API."""
+"""exaone-serve engine: model, KV cache, scheduler, sampler, and the offline LLM API.
+
+One folder per concern: core/ (the request path), kv/, model/, attention/, runner/, sample/, modes/,
+text/, parallel/; speculative decoding (issue 22) will live in spec_decode/. The public names below
+stay importable from `engine` wherever they live.
+"""
 
 from __future__ import annotations
 
