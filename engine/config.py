@@ -195,6 +195,18 @@ class EngineConfig:
             raise ValueError("--compile is for a single rank; it cannot be combined with --tensor-parallel-size")
 
 
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The device with CUDA's index made explicit, and made this thread's current one: Triton launches on the
+    current device whatever tensors it gets, so `cuda:1` would otherwise run kernels on device 0. Call it on
+    every thread that runs the model (the current device is per thread)."""
+    resolved = torch.device(device)
+    if resolved.type == "cuda":
+        if resolved.index is None:
+            resolved = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(resolved)
+    return resolved
+
+
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """fp32 on CPU (exact; bf16 changes outputs), bf16 on GPU, unless asked otherwise."""
     if isinstance(dtype, torch.dtype):

@@ -10,6 +10,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
+from engine.config import resolve_device
 from engine.core.llm_engine import LLMEngine
 from engine.core.outputs import CompletionOutput, RequestOutput
 from engine.core.sampling_params import SamplingParams
@@ -139,6 +140,7 @@ class AsyncEngine:
 
     def run_loop(self) -> None:
         """The step loop; returns after shutdown() or a crash."""
+        resolve_device(self.engine.device)  # this thread launches the kernels
         try:
             while not self._stopped:
                 self._drain_inbox()

@@ -11,7 +11,7 @@ from dataclasses import replace
 import torch
 
 from engine.attention.selector import make_attention_backend
-from engine.config import EngineConfig, ModelConfig, resolve_dtype
+from engine.config import EngineConfig, ModelConfig, resolve_device, resolve_dtype
 from engine.core.output_processor import OutputProcessor, add_prompt_logprobs
 from engine.core.outputs import RequestOutput
 from engine.core.sampling_params import SamplingParams
@@ -39,7 +39,7 @@ class LLMEngine:
 
     def __init__(self, model: str | None = None, device: str = "cpu", dtype: str | torch.dtype | None = None,
                  config: EngineConfig | None = None, progress: bool = True) -> None:
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         path = resolve_model(model)
         self.model_path = path

@@ -1,10 +1,15 @@
 """Layer specs from config.json: which layers slide, which use RoPE, norm placement."""
 
+import threading
+
 import pytest
 import torch
 import transformers
+from harness import wait_for
 
-from engine.config import ModelConfig, rope_inv_freq
+from engine.config import EngineConfig, ModelConfig, resolve_device, rope_inv_freq
+from engine.core.async_engine import AsyncEngine
+from engine.core.llm_engine import LLMEngine
 from engine.errors import ModelLoadError
 
 EXAONE_32B = {
@@ -69,3 +74,23 @@ def test_llama3_inv_freq_equals_transformers():
 def test_unsupported_rope_type_is_named():
     with pytest.raises(ModelLoadError, match="yarn"):
         ModelConfig.from_hf({**EXAONE_32B, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+
+
+def test_cuda_devices_become_current_on_the_thread_that_runs_them(monkeypatch, tiny_models):
+    """Triton launches on the current device: `cuda:1` must make device 1 current where the model loads and on
+    the engine's step thread, or its kernels would run on device 0 with pointers into device 1."""
+    calls: list[tuple[str, torch.device]] = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append((threading.current_thread().name, d)))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1) and calls[-1][1] == torch.device("cuda", 1)
+    assert resolve_device("cuda") == torch.device("cuda", 3)  # the index made explicit
+    calls.clear()
+    assert resolve_device("cpu") == torch.device("cpu") and not calls
+    llm = LLMEngine(str(tiny_models["llama"]), "cpu", None, EngineConfig(), progress=False)
+    llm.device = torch.device("cuda", 1)  # what a cuda:1 engine holds; the loop below only idles
+    engine = AsyncEngine(llm)
+    try:
+        wait_for(lambda: calls, timeout=30)
+    finally:
+        engine.shutdown()
+    assert calls == [("exaone-engine", torch.device("cuda", 1))]
