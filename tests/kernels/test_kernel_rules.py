@@ -38,3 +38,13 @@ def test_dot_products_name_their_precision(path):
 def test_fp32_dots_are_exact():
     assert dot_input_precision(torch.float32) == "ieee"
     assert dot_input_precision(torch.bfloat16) == "tf32"  # ignored for 16-bit inputs: Triton's default
+
+
+def test_tests_run_the_kernels_in_the_interpreter_on_any_host():
+    """The suite's tensors live on the CPU, so its kernels must be interpreted even where CUDA is present."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    from kernels import attention, cache, fused
+
+    for kernel in (attention._paged_attention_kernel, cache._write_kv_kernel, fused._rms_norm_kernel):
+        assert isinstance(kernel, InterpretedFunction)
