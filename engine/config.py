@@ -167,13 +167,21 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     return torch.where(is_medium, smoothed, scaled)
 
 
+# Batch limits per device type: CPU decode steps are compute-bound from ~16 rows (64 keeps the matmuls fed,
+# 512-token chunks keep a prefill from stalling the decodes for long); a GPU wants vLLM's order of magnitude.
+DEVICE_DEFAULTS: dict[str, dict[str, int]] = {
+    "cpu": {"max_num_seqs": 64, "max_num_batched_tokens": 512},
+    "cuda": {"max_num_seqs": 256, "max_num_batched_tokens": 8192},
+}
+
+
 @dataclass
 class EngineConfig:
     """Scheduler and cache limits, named as vLLM names them."""
 
     max_model_len: int | None = None
-    max_num_seqs: int = 64  # CPU decode steps are compute-bound from ~16 rows; 64 keeps the matmuls fed
-    max_num_batched_tokens: int = 512
+    max_num_seqs: int | None = None  # None: DEVICE_DEFAULTS for the engine's device
+    max_num_batched_tokens: int | None = None  # None: DEVICE_DEFAULTS for the engine's device
     block_size: int = 16
     kv_cache_memory: int | None = None  # bytes; CPU default picks a budget from max_model_len
     gpu_memory_utilization: float = 0.9
@@ -193,6 +201,12 @@ class EngineConfig:
                              f"got {self.scheduling_policy!r}")
         if self.compile and self.tensor_parallel_size > 1:
             raise ValueError("--compile is for a single rank; it cannot be combined with --tensor-parallel-size")
+
+    def fill_device_defaults(self, device: torch.device) -> None:
+        """Set the batch limits left unset to the defaults of this device type."""
+        for name, value in DEVICE_DEFAULTS["cuda" if device.type == "cuda" else "cpu"].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

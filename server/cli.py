@@ -112,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", default="auto", help="cpu, cuda, cuda:N; auto picks cuda when available")
     common.add_argument("--dtype", choices=DTYPES, default="auto", help="auto: float32 on CPU, bfloat16 on GPU")
     common.add_argument("--max-model-len", type=_positive_int, help="context length (prompt + output)")
-    common.add_argument("--max-num-seqs", type=_positive_int, help="most sequences in one batch")
-    common.add_argument("--max-num-batched-tokens", type=_positive_int, help="token budget of one step")
+    common.add_argument("--max-num-seqs", type=_positive_int,
+                        help="most sequences in one batch (default: 64 on CPU, 256 on CUDA)")
+    common.add_argument("--max-num-batched-tokens", type=_positive_int,
+                        help="token budget of one step (default: 512 on CPU, 8192 on CUDA)")
     common.add_argument("--block-size", type=_positive_int, help="tokens per KV-cache block")
     common.add_argument("--kv-cache-memory", type=_byte_size, help="KV-cache size in bytes (4GiB, 512MiB)")
     common.add_argument("--gpu-memory-utilization", type=_fraction,

@@ -46,6 +46,7 @@ class LLMEngine:
         self.model_config = ModelConfig.from_hf(load_config(path))
         self.tokenizer = Tokenizer(tokenizer_path(path))
         self.config = cfg = config or EngineConfig()
+        cfg.fill_device_defaults(self.device)
         mcfg = self.model_config
         cfg.max_model_len = min(cfg.max_model_len or mcfg.max_position_embeddings, mcfg.max_position_embeddings)
         cfg.max_num_batched_tokens = max(cfg.max_num_batched_tokens, 1)

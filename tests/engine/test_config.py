@@ -94,3 +94,15 @@ def test_cuda_devices_become_current_on_the_thread_that_runs_them(monkeypatch, t
     finally:
         engine.shutdown()
     assert calls == [("exaone-engine", torch.device("cuda", 1))]
+
+
+def test_batch_limits_default_per_device_type():
+    """CPU-tuned limits (64 sequences, 512-token steps) on the CPU; vLLM's order of magnitude on CUDA; what a
+    user sets stays."""
+    cpu, cuda, mine = EngineConfig(), EngineConfig(), EngineConfig(max_num_seqs=8)
+    cpu.fill_device_defaults(torch.device("cpu"))
+    cuda.fill_device_defaults(torch.device("cuda", 0))
+    mine.fill_device_defaults(torch.device("cuda", 0))
+    assert (cpu.max_num_seqs, cpu.max_num_batched_tokens) == (64, 512)
+    assert (cuda.max_num_seqs, cuda.max_num_batched_tokens) == (256, 8192)
+    assert (mine.max_num_seqs, mine.max_num_batched_tokens) == (8, 8192)
