@@ -5,8 +5,12 @@ import torch
 from reference import hf_greedy, random_prompts
 
 from engine import LLM, SamplingParams
+from engine.attention import triton_backend
 from engine.attention.selector import make_attention_backend
+from engine.attention.testing import make_case, run_reference
 from engine.attention.torch_backend import TorchAttentionBackend
+from engine.attention.triton_backend import TritonAttentionBackend
+from kernels.attention import paged_attention
 
 
 def test_triton_backend_matches_torch_backend_and_transformers(tiny_models):
@@ -61,3 +65,27 @@ def test_padded_decode_batch_writes_and_changes_nothing(tiny_models):
     torch.testing.assert_close(padded, plain, rtol=1e-5, atol=1e-5)
     for a, b in zip(plain_caches, padded_caches, strict=True):  # a padding write would differ by O(1)
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_long_decodes_beside_a_prefill_chunk_split_k(monkeypatch, window):
+    """A mixed step whose decodes are long: the decodes get their own split-K launch, the chunks another, and
+    the result equals the torch backend's (over a NaN-poisoned cache: nothing unwritten is read)."""
+    launches = []
+
+    def recording(*args, **kwargs):
+        launches.append((args[0].shape[0], kwargs["scratch"] is not None))
+        return paged_attention(*args, **kwargs)
+
+    monkeypatch.setattr(triton_backend, "paged_attention", recording)
+    case = make_case([45, 30, 7], [1, 9, 5], 4, 2, 16, window=window, block_size=4, max_chunk=16, seed=2)
+    backend = TritonAttentionBackend(torch.device("cpu"), 4, 16, max_num_seqs=4)
+    backend.split_k_min_context = 40  # the decode's 46 tokens count as long here
+    out = backend.forward(case.q, case.k, case.v, case.kv_cache.clone(), case.layout, window, case.meta, 0.25)
+    assert launches == [(1, True), (14, False)]
+    torch.testing.assert_close(out, run_reference(case, 0.25), rtol=1e-4, atol=1e-4)
+    launches.clear()
+    backend.split_k_min_context = 47  # now short: one launch for the whole step, as before
+    again = backend.forward(case.q, case.k, case.v, case.kv_cache.clone(), case.layout, window, case.meta, 0.25)
+    assert launches == [(15, False)]
+    torch.testing.assert_close(again, out, rtol=1e-4, atol=1e-4)
