@@ -298,6 +298,14 @@ def build_runner(hf: dict, device: torch.device, max_num_seqs: int, max_tokens: 
             model = HybridTransformer(mcfg, backend, max_tokens).eval()
     finally:
         torch.set_default_dtype(default)
+    # Weights as an initialiser leaves them (not torch.empty's leftovers): finite, varied logits to compare.
+    gen = torch.Generator(device).manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:  # q_norm, k_norm, the post-block layernorms, the final norm
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02, generator=gen)
     kinds = [spec.kv_kind for spec in mcfg.layers]
     pools = {kind: PoolSpec(kinds.count(kind), mcfg.sliding_window if kind == "sliding" else None)
              for kind in set(kinds)}
