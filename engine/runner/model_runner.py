@@ -151,28 +151,44 @@ class ModelRunner:
 
     def metadata(self, inputs: StepInputs) -> tuple[AttentionMetadata, torch.Tensor]:
         """Attention metadata and input ids on this rank's device (in the persistent buffers on CUDA)."""
-        layouts = {kind: KVLayout(self._stage(f"tables.{kind}", inputs.block_tables[kind]),
-                                  self._stage(f"slots.{kind}", inputs.slot_mapping[kind]), self.kv.ring_blocks.get(kind))
+        host = {"input_ids": inputs.input_ids, "positions": inputs.positions, "seq_lens": inputs.seq_lens,
+                "query_start_loc": inputs.query_start_loc,
+                **{f"tables.{kind}": t for kind, t in inputs.block_tables.items()},
+                **{f"slots.{kind}": t for kind, t in inputs.slot_mapping.items()}}
+        dev = self._stage(host)
+        layouts = {kind: KVLayout(dev[f"tables.{kind}"], dev[f"slots.{kind}"], self.kv.ring_blocks.get(kind))
                    for kind in self.kv.specs}
-        cu, seq_lens = inputs.query_start_loc, inputs.seq_lens
         meta = AttentionMetadata(
-            query_start_loc=self._stage("query_start_loc", cu), seq_lens=self._stage("seq_lens", seq_lens),
-            positions=self._stage("positions", inputs.positions), layouts=layouts, num_decodes=inputs.num_decodes,
-            query_start_loc_host=cu.tolist(), seq_lens_host=seq_lens.tolist(),
+            query_start_loc=dev["query_start_loc"], seq_lens=dev["seq_lens"], positions=dev["positions"],
+            layouts=layouts, num_decodes=inputs.num_decodes,
+            query_start_loc_host=inputs.query_start_loc.tolist(), seq_lens_host=inputs.seq_lens.tolist(),
         )
-        return meta, self._stage("input_ids", inputs.input_ids)
+        return meta, dev["input_ids"]
 
-    def _stage(self, name: str, host: torch.Tensor) -> torch.Tensor:
-        """The host tensor on the device: copied into its persistent buffer when there is one."""
-        buffer = self.buffers.get(name)
-        if buffer is None:
-            return host.to(self.device)
-        view = buffer[tuple(slice(0, n) for n in host.shape)]
-        view.copy_(host)
-        return view
+    def _stage(self, host: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The step's host tensors on the device. With persistent buffers (CUDA) in one copy, not one per tensor:
+        packed into a pinned host buffer, sent without blocking, then spread on the device into the buffers
+        whose addresses the captured graphs read."""
+        if not self.buffers:
+            return {name: t.to(self.device) for name, t in host.items()}
+        offset, spans = 0, {}
+        for name, t in host.items():
+            # Safe to overwrite: the previous step's copy finished before its results were read (sampling, or
+            # on other ranks the collectives), which is before this step's inputs exist.
+            self.pinned[offset : offset + t.numel()].view(t.shape).copy_(t)
+            spans[name] = (offset, t.shape)
+            offset += t.numel()
+        self.staging[:offset].copy_(self.pinned[:offset], non_blocking=True)
+        staged = {}
+        for name, (start, shape) in spans.items():
+            view = self.buffers[name][tuple(slice(0, n) for n in shape)]
+            view.copy_(self.staging[start : start + shape.numel()].view(shape))
+            staged[name] = view
+        return staged
 
     def _allocate_buffers(self, config: EngineConfig) -> None:
-        """Device buffers sized for the largest step, reused by every step and read by the graphs."""
+        """Device buffers sized for the largest step, reused by every step and read by the graphs, and the
+        pinned host buffer and device buffer a step's inputs travel through together."""
         max_tokens = max(config.max_num_batched_tokens, config.max_num_seqs)
         max_seqs = config.max_num_seqs
         new = lambda *shape: torch.zeros(*shape, dtype=torch.int64, device=self.device)  # noqa: E731
@@ -183,6 +199,9 @@ class ModelRunner:
             width = ring or -(-config.max_model_len // self.kv.block_size)
             self.buffers[f"tables.{kind}"] = new(max_seqs, width)
             self.buffers[f"slots.{kind}"] = new(max_tokens)
+        total = sum(b.numel() for b in self.buffers.values())
+        self.pinned = torch.empty(total, dtype=torch.int64, pin_memory=self.device.type == "cuda")
+        self.staging = new(total)
 
     @torch.inference_mode()
     def capture_graphs(self, sizes: list[int]) -> None:
