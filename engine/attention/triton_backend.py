@@ -34,7 +34,9 @@ class TritonAttentionBackend(AttentionBackend):
         self.num_sms = (torch.cuda.get_device_properties(device).multi_processor_count
                         if device.type == "cuda" else 4)
         self.scratch = SplitKScratch(max_num_seqs, num_heads, head_dim, SPLIT_K_SEGMENTS, device)
-        self.tile_n = 32  # keys per inner-loop tile; benchmarks/gpu_check.py sweeps it
+        self.tile_n = 32  # keys per inner-loop tile of decode steps; benchmarks/gpu_check.py sweeps it
+        # Prefill programs own 64 query rows: a wider key tile and more warps keep their tensor cores fed.
+        self.prefill_tile_n, self.prefill_num_warps = 64, 8
         self.split_k_min_context = SPLIT_K_MIN_CONTEXT
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor,
@@ -64,6 +66,8 @@ class TritonAttentionBackend(AttentionBackend):
                 seq_lens: torch.Tensor, query_start_loc: torch.Tensor, *, block_tables: torch.Tensor, split: bool,
                 decode_only: bool, out: torch.Tensor | None = None) -> torch.Tensor:
         """One paged_attention launch over these sequences (split-K through the preallocated scratch)."""
+        tiles = dict(tile_n=self.tile_n) if decode_only else dict(tile_n=self.prefill_tile_n,
+                                                                   num_warps=self.prefill_num_warps)
         return paged_attention(q, kv_cache, block_tables, seq_lens, query_start_loc, scale, window,
                                layout.ring_blocks, out=out, scratch=self.scratch if split else None,
-                               max_query_len=1 if decode_only else None, tile_n=self.tile_n)
+                               max_query_len=1 if decode_only else None, **tiles)

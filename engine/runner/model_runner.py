@@ -69,6 +69,7 @@ class ModelRunner:
             if not (config.enforce_eager or config.tensor_parallel_size > 1
                     or isinstance(attn.backend, TorchAttentionBackend)):
                 self.capture_graphs(graph_batch_sizes(config.max_num_seqs))
+                self.warm_up_prefill()
 
     def _compile(self) -> None:
         """Compile the decoder layers now, not on the first request: one graph for single-token steps,
@@ -202,6 +203,15 @@ class ModelRunner:
         total = sum(b.numel() for b in self.buffers.values())
         self.pinned = torch.empty(total, dtype=torch.int64, pin_memory=self.device.type == "cuda")
         self.staging = new(total)
+
+    @torch.inference_mode()
+    def warm_up_prefill(self) -> None:
+        """Run one prefill step of a two-token sequence that holds no block, so it writes and reads no cache:
+        the prefill kernel variants compile at start-up instead of on the first request."""
+        none = {kind: torch.full((1, 1), -1, dtype=torch.int64) for kind in self.kv.specs}
+        no_slots = {kind: torch.full((2,), -1, dtype=torch.int64) for kind in self.kv.specs}
+        self.run(StepInputs(torch.zeros(2, dtype=torch.int64), torch.arange(2), torch.tensor([0, 2]),
+                            torch.tensor([2]), none, no_slots, num_decodes=0))
 
     @torch.inference_mode()
     def capture_graphs(self, sizes: list[int]) -> None:

@@ -74,7 +74,7 @@ def test_long_decodes_beside_a_prefill_chunk_split_k(monkeypatch, window):
     launches = []
 
     def recording(*args, **kwargs):
-        launches.append((args[0].shape[0], kwargs["scratch"] is not None))
+        launches.append((args[0].shape[0], kwargs["scratch"] is not None, kwargs["tile_n"]))
         return paged_attention(*args, **kwargs)
 
     monkeypatch.setattr(triton_backend, "paged_attention", recording)
@@ -82,10 +82,10 @@ def test_long_decodes_beside_a_prefill_chunk_split_k(monkeypatch, window):
     backend = TritonAttentionBackend(torch.device("cpu"), 4, 16, max_num_seqs=4)
     backend.split_k_min_context = 40  # the decode's 46 tokens count as long here
     out = backend.forward(case.q, case.k, case.v, case.kv_cache.clone(), case.layout, window, case.meta, 0.25)
-    assert launches == [(1, True), (14, False)]
+    assert launches == [(1, True, 32), (14, False, 64)]  # the chunks with the prefill tile
     torch.testing.assert_close(out, run_reference(case, 0.25), rtol=1e-4, atol=1e-4)
     launches.clear()
     backend.split_k_min_context = 47  # now short: one launch for the whole step, as before
     again = backend.forward(case.q, case.k, case.v, case.kv_cache.clone(), case.layout, window, case.meta, 0.25)
-    assert launches == [(15, False)]
+    assert launches == [(15, False, 64)]
     torch.testing.assert_close(again, out, rtol=1e-4, atol=1e-4)

@@ -1,4 +1,4 @@
-"""The CUDA path's one-copy staging of a step's inputs gives the same metadata as copying each tensor."""
+"""The model runner's CUDA-side preparation, run on the CPU: one-copy staging of the step inputs, the warm-up prefill."""
 
 import torch
 from reference import random_prompts
@@ -33,3 +33,14 @@ def test_staged_step_inputs_equal_the_per_tensor_copies(tiny_models):
             assert torch.equal(got, expected)
             assert got.untyped_storage().data_ptr() in buffers  # where a captured graph reads it
         assert (meta.query_start_loc_host, meta.seq_lens_host) == (want.query_start_loc_host, want.seq_lens_host)
+
+
+def test_warm_up_prefill_touches_no_cache(tiny_models):
+    """The start-up prefill that compiles the prefill kernels on CUDA (run here through the interpreter)."""
+    llm = LLM(model=str(tiny_models["exaone_hybrid"]), progress=False, attention_backend="triton", block_size=4)
+    runner = llm.engine.runner
+    runner.caches = {kind: cache.normal_() for kind, cache in runner.caches.items()}
+    before = {kind: cache.clone() for kind, cache in runner.caches.items()}
+    runner.warm_up_prefill()
+    for kind, cache in runner.caches.items():
+        assert torch.equal(cache, before[kind])
