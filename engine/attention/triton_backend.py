@@ -47,7 +47,10 @@ class TritonAttentionBackend(AttentionBackend):
         if decodes == num_seqs:
             return self._attend(q, kv_cache, layout, window, scale, meta.seq_lens, meta.query_start_loc,
                                 block_tables=layout.block_tables, split=few, decode_only=True)
-        if not (decodes and few and max(meta.seq_lens_host[:decodes]) >= self.split_k_min_context):
+        longest = meta.scratch.get("longest_decode")
+        if longest is None:  # once per step, not per layer
+            longest = meta.scratch["longest_decode"] = max(meta.seq_lens_host[:decodes], default=0)
+        if not (few and longest >= self.split_k_min_context):
             return self._attend(q, kv_cache, layout, window, scale, meta.seq_lens, meta.query_start_loc,
                                 block_tables=layout.block_tables, split=False, decode_only=False)
         out = torch.empty_like(q)
