@@ -51,11 +51,19 @@ class Sequence:
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=lambda: [None])
     # Samples 2..n of a request wait for sample 1's prefill and fork its blocks.
     children: list[Sequence] = field(default_factory=list)
+    # Drafted tokens this step verifies after the last token (speculative decoding); never in token_ids.
+    spec_token_ids: list[int] = field(default_factory=list)
 
     @property
     def num_tokens(self) -> int:
         """Prompt plus output tokens."""
         return len(self.token_ids)
+
+    def step_token_ids(self, start: int, num: int) -> list[int]:
+        """The ids of the num tokens a step computes from position start, drafted ones included."""
+        if self.spec_token_ids:
+            return [*self.token_ids[start:], *self.spec_token_ids][:num]
+        return self.token_ids[start : start + num]
 
     @property
     def output_token_ids(self) -> list[int]:

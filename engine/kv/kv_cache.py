@@ -95,6 +95,21 @@ class KVCacheManager:
             bt.hi = max(bt.hi, hi)
         return True
 
+    def trim(self, tables: dict[str, BlockTable], num_tokens: int) -> None:
+        """Give back the blocks past the first num_tokens tokens (those of rejected draft tokens): the step that
+        computes token num_tokens allocates its block again. Blocks the window already left stay recycled."""
+        keep = -(-num_tokens // self.block_size)
+        for kind, bt in tables.items():
+            pool = self.pools[kind]
+            for j in range(bt.hi - 1, max(keep, bt.lo) - 1, -1):
+                entry = self._entry(kind, j)
+                pool.release(bt.table[entry])
+                if kind in self.ring_blocks:
+                    bt.table[entry] = -1
+                else:
+                    bt.table.pop()
+            bt.hi = min(bt.hi, max(keep, bt.lo))
+
     def free(self, tables: dict[str, BlockTable]) -> None:
         """Return every block a sequence holds, the last logical block first (so it is evicted first)."""
         for kind, bt in tables.items():

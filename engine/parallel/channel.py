@@ -29,7 +29,7 @@ class StepChannel:
 
     def __init__(self, kinds: list[str]) -> None:
         self.kinds = sorted(kinds)
-        self.header_len = 6 + len(self.kinds)
+        self.header_len = 7 + len(self.kinds)
         self._lock = threading.Lock()  # one message at a time, whichever thread sends it
 
     # ---- rank 0 -------------------------------------------------------------------------------
@@ -38,10 +38,11 @@ class StepChannel:
         """Broadcast a step's inputs."""
         tables = [inputs.block_tables[k] for k in self.kinds]
         header = [Op.STEP, len(inputs.input_ids), len(inputs.seq_lens), inputs.num_decodes,
-                  len(inputs.sample_rows), len(inputs.full_rows), *(t.shape[1] for t in tables)]
+                  len(inputs.sample_rows), len(inputs.full_rows), len(inputs.spec_rows),
+                  *(t.shape[1] for t in tables)]
         payload = torch.cat([inputs.input_ids, inputs.positions, inputs.query_start_loc, inputs.seq_lens,
                              *(t.flatten() for t in tables), *(inputs.slot_mapping[k] for k in self.kinds),
-                             torch.tensor(inputs.sample_rows + inputs.full_rows, dtype=torch.int64)])
+                             torch.tensor(inputs.sample_rows + inputs.full_rows + inputs.spec_rows, dtype=torch.int64)])
         self._send(header, payload)
 
     def send_copies(self, copies: list[tuple[str, int, int]]) -> None:
@@ -74,17 +75,17 @@ class StepChannel:
             return op, [(self.kinds[k], src, dst) for k, src, dst in flat]
         if op != Op.STEP:
             return op, None
-        num_tokens, num_seqs, num_decodes, num_sample, num_full, *widths = sizes
+        num_tokens, num_seqs, num_decodes, num_sample, num_full, num_spec, *widths = sizes
         lengths = [num_tokens, num_tokens, num_seqs + 1, num_seqs, *(num_seqs * w for w in widths),
-                   *[num_tokens] * len(self.kinds), num_sample + num_full]
+                   *[num_tokens] * len(self.kinds), num_sample + num_full + num_spec]
         parts = self._recv_payload(sum(lengths)).split(lengths)
         ids, positions, cu, seq_lens = parts[:4]
         n = len(self.kinds)
         tables = {k: t.view(num_seqs, w) for k, t, w in zip(self.kinds, parts[4 : 4 + n], widths, strict=True)}
         slots = dict(zip(self.kinds, parts[4 + n : 4 + 2 * n], strict=True))
         rows = parts[-1].tolist()
-        return op, StepInputs(ids, positions, cu, seq_lens, tables, slots, num_decodes,
-                              rows[:num_sample], rows[num_sample:])
+        return op, StepInputs(ids, positions, cu, seq_lens, tables, slots, num_decodes, rows[:num_sample],
+                              rows[num_sample : num_sample + num_full], rows[num_sample + num_full :])
 
     @staticmethod
     def _recv_payload(numel: int) -> torch.Tensor:

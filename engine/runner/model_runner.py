@@ -88,14 +88,16 @@ class ModelRunner:
         for kind, src, dst in copies:
             self.caches[kind][:, :, dst] = self.caches[kind][:, :, src]
 
-    def execute(self, batch: ScheduledBatch, sample_rows: list[int],
-                full_rows: Sequence[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Run the batch: fp32 logits of the last token of each sequence in sample_rows, and of every
-        token of each sequence in full_rows (prompt logprobs). Decode sequences must come first."""
+    def execute(self, batch: ScheduledBatch, sample_rows: list[int], full_rows: Sequence[int] = (),
+                spec_rows: Sequence[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Run the batch: fp32 logits of the last token of each sequence in sample_rows (of every new token
+        for those also in spec_rows, in order), and of every token of each sequence in full_rows (prompt
+        logprobs). Decode sequences must come first."""
         graph_size = None
         if self.graphs and all(n == 1 for n in batch.num_new_tokens):
             graph_size = next((size for size in self.graphs if size >= len(batch)), None)
         inputs = self.prepare(batch, sample_rows, full_rows, graph_size)
+        inputs.spec_rows = list(spec_rows)
         if self.channel is not None:
             self.channel.send_step(inputs)
         return self.run(inputs)
@@ -111,9 +113,15 @@ class ModelRunner:
         else:
             graph, hidden = captured
             graph.replay()
-        last = meta.query_start_loc[1:] - 1
-        logits = self.model.compute_logits(hidden[last[inputs.sample_rows]])
         starts = meta.query_start_loc_host
+        if inputs.spec_rows:  # verification: every new token of a spec row, the last one of the others
+            spec = set(inputs.spec_rows)
+            index = [j for r in inputs.sample_rows
+                     for j in (range(starts[r], starts[r + 1]) if r in spec else (starts[r + 1] - 1,))]
+            logits = self.model.compute_logits(hidden[torch.tensor(index, device=hidden.device)])
+        else:
+            last = meta.query_start_loc[1:] - 1
+            logits = self.model.compute_logits(hidden[last[inputs.sample_rows]])
         full = {row: self.model.compute_logits(hidden[starts[row] : starts[row + 1]]) for row in inputs.full_rows}
         return logits, full
 
@@ -126,7 +134,7 @@ class ModelRunner:
         seqs, q_lens = batch.seqs, list(batch.num_new_tokens)
         starts = [s.num_computed_tokens for s in seqs]
         input_ids = list(itertools.chain.from_iterable(
-            s.token_ids[a : a + n] for s, a, n in zip(seqs, starts, q_lens, strict=True)))
+            s.step_token_ids(a, n) for s, a, n in zip(seqs, starts, q_lens, strict=True)))
         num_pad = (padded_seqs or len(seqs)) - len(seqs)
         q_lens_t = torch.tensor(q_lens + [1] * num_pad)
         cu = torch.zeros(len(q_lens_t) + 1, dtype=torch.int64)

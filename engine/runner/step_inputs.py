@@ -20,3 +20,5 @@ class StepInputs:
     num_decodes: int
     sample_rows: list[int] = field(default_factory=list)  # sequences whose last token is sampled
     full_rows: list[int] = field(default_factory=list)  # sequences that want every token's logits
+    # Sample rows that verify drafted tokens: every new token of theirs is sampled, not only the last.
+    spec_rows: list[int] = field(default_factory=list)

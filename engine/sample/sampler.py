@@ -5,6 +5,10 @@ repetition, presence and frequency penalties, (4) logprobs, (5) greedy argmax or
 top-p, min-p and an exponential race. Every stage is skipped when no row in the batch needs it, so an
 all-greedy batch is a single argmax.
 
+A row with a `draft` token (speculative decoding) returns the draft when it is accepted: always when it is
+the greedy token; for a random row with probability p(draft), else a draw from p with the draft removed
+(rejection sampling against a one-hot proposal, which keeps p's distribution exactly).
+
 Logprobs are log_softmax of the logits after (1)-(3) and before temperature and truncation: the
 model's distribution with the request's bans and penalties, which is what a sampled token can be
 judged against; for a greedy request without processors or penalties they equal
@@ -32,6 +36,9 @@ class SamplingRow:
     prompt_token_ids: list[int]
     output_token_ids: list[int]
     generator: torch.Generator | None = None  # owned by the engine; persists across steps
+    # A drafted token to verify at this row (speculative decoding): kept with the probability the row's
+    # distribution gives it, else replaced by a draw from that distribution without it (rejection sampling).
+    draft: int | None = None
 
 
 @dataclass
@@ -170,6 +177,10 @@ class Sampler:
         if any(p.min_p > 0.0 for p in params):
             min_p = torch.tensor([p.min_p for p in params], device=device)[:, None]
             probs = probs.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), 0.0)
+        drafted = [j for j, i in enumerate(random_rows) if rows[i].draft is not None]
+        accepted = None
+        if drafted:
+            accepted = self._accept_drafts(probs, [rows[random_rows[j]] for j in drafted], drafted)
         # argmax(p / q) with q ~ Exp(1) draws from p (unnormalised is fine). Unseeded rows share one
         # draw; a seeded row's noise comes from its own generator, so its tokens do not depend on
         # what else is in the batch.
@@ -179,8 +190,34 @@ class Sampler:
                 noise[j].exponential_(generator=rows[i].generator)
         # exponential_ can return 0, and 0 / 0 would be NaN, which argmax prefers to everything.
         noise.clamp_min_(torch.finfo(noise.dtype).tiny)
-        token_ids[index] = (probs / noise).argmax(dim=-1)
+        sampled = (probs / noise).argmax(dim=-1)
+        if accepted is not None:
+            keep, drafts = accepted
+            sampled[keep] = drafts[keep]
+        token_ids[index] = sampled
         return token_ids
+
+    @staticmethod
+    def _accept_drafts(probs: torch.Tensor, rows: list[SamplingRow],
+                       drafted: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Accept each drafted row's token with its probability; the rest lose the draft from `probs` (in
+        place), so the draw that follows samples the residual distribution. Returns (accepted mask over
+        probs' rows, the draft of each row, -1 elsewhere)."""
+        device = probs.device
+        index = torch.tensor(drafted, device=device)
+        drafts = torch.tensor([r.draft for r in rows], device=device)
+        chosen = probs[index].gather(1, drafts[:, None])[:, 0] / probs[index].sum(dim=-1)
+        uniform = torch.rand(len(rows), device=device)
+        for j, r in enumerate(rows):
+            if r.generator is not None:
+                uniform[j] = torch.rand(1, device=device, generator=r.generator)[0]
+        keep = torch.zeros(len(probs), dtype=torch.bool, device=device)
+        probs[index, drafts] = 0.0
+        # a draft holding all the mass (rounding aside) leaves nothing to draw instead: it stays
+        keep[index] = (uniform < chosen) | (probs[index].sum(dim=-1) == 0)
+        all_drafts = torch.full((len(probs),), -1, dtype=torch.long, device=device)
+        all_drafts[index] = drafts
+        return keep, all_drafts
 
     @staticmethod
     def _top_k_top_p(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
