@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from engine.errors import ModelLoadError
+from engine.spec_decode.config import SpeculativeConfig
 
 # architecture name in config.json -> family; the family picks norm placement and QK-norm.
 SUPPORTED_ARCHITECTURES = {
@@ -194,6 +195,8 @@ class EngineConfig:
     enforce_eager: bool = False  # True: no CUDA graphs for decode batches, no compiled CPU decode attention
     prepack_weights: bool = True  # CPU: linear weights in oneDNN's packed layout (~2x faster decode matmuls)
     compile: bool = False  # CPU: the decoder layers as one torch.compile graph (compiled at start)
+    # vLLM's speculative_config: {"method": "ngram", "num_speculative_tokens": 4, ...} or {"model": ...}
+    speculative_config: SpeculativeConfig | dict[str, Any] | str | None = None
 
     def __post_init__(self) -> None:
         if self.scheduling_policy not in SCHEDULING_POLICIES:
@@ -201,6 +204,7 @@ class EngineConfig:
                              f"got {self.scheduling_policy!r}")
         if self.compile and self.tensor_parallel_size > 1:
             raise ValueError("--compile is for a single rank; it cannot be combined with --tensor-parallel-size")
+        self.speculative_config = SpeculativeConfig.parse(self.speculative_config)
 
     def fill_device_defaults(self, device: torch.device) -> None:
         """Set the batch limits left unset to the defaults of this device type."""

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from engine.errors import ModelLoadError, TensorParallelError
+from engine.spec_decode.config import SpeculativeConfig
 from server.limits import RequestLimits
 from server.openai.schemas import DEFAULT_MAX_REQUEST_BODY_BYTES
 
@@ -103,6 +104,15 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _speculative_config(text: str) -> SpeculativeConfig:
+    try:
+        config = SpeculativeConfig.parse(text)
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    assert config is not None
+    return config
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser for both subcommands."""
     common = argparse.ArgumentParser(add_help=False)
@@ -138,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU: pack linear weights for oneDNN once at start (default: on)")
     common.add_argument("--compile", action="store_true", default=None,
                         help="CPU: compile the decoder layers with torch.compile at start (slower start, faster steps)")
+    common.add_argument("--speculative-config", type=_speculative_config,
+                        help='vLLM\'s JSON: {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, '
+                             '"prompt_lookup_max": 4} or {"model": "<draft>", "num_speculative_tokens": 4}')
     common.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="debug also shows tracebacks and ignored request fields")
 
@@ -221,7 +234,8 @@ def _device(name: str) -> str:
 def _engine_args(args: argparse.Namespace) -> dict[str, Any]:
     names = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_memory",
              "gpu_memory_utilization", "tensor_parallel_size", "enable_prefix_caching", "scheduling_policy",
-             "fast_lane_max_wait_s", "attention_backend", "enforce_eager", "prepack_weights", "compile")
+             "fast_lane_max_wait_s", "attention_backend", "enforce_eager", "prepack_weights", "compile",
+             "speculative_config")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

@@ -56,6 +56,21 @@ class EngineStatsCollector(Collector):
                                 "Share of looked-up prompt tokens the prefix cache supplied, since start.",
                                 value=stats["prefix_cache_hit_rate"])
         yield from _vllm_gauges(stats)
+        if stats.get("spec_decode"):
+            yield from _spec_decode_counters(stats["spec_decode"])
+
+
+def _spec_decode_counters(spec: dict[str, Any]) -> Iterator[Metric]:
+    """Speculative decoding's counters under vLLM's names: drafts, drafted and accepted tokens, per position."""
+    for name, what in (("num_drafts", "Drafts verified (one per sequence and step)."),
+                       ("num_draft_tokens", "Drafted tokens verified."),
+                       ("num_accepted_tokens", "Drafted tokens accepted.")):
+        yield CounterMetricFamily(f"exaone:spec_decode_{name}", what, value=spec[name])
+    per_pos = CounterMetricFamily("exaone:spec_decode_num_accepted_tokens_per_pos",
+                                  "Drafted tokens accepted at each position of the draft.", labels=["position"])
+    for position, count in enumerate(spec["num_accepted_tokens_per_pos"]):
+        per_pos.add_metric([str(position)], count)
+    yield per_pos
 
 
 def _vllm_gauges(stats: dict[str, Any]) -> Iterator[Metric]:

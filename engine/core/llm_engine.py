@@ -28,6 +28,8 @@ from engine.parallel.sizes import validate_tensor_parallel
 from engine.parallel.worker import WorkerSpec, log_rank_memory
 from engine.runner.model_runner import ModelRunner
 from engine.sample.sampler import Sampler, SamplingRow
+from engine.spec_decode.setup import make_spec_decoder
+from engine.spec_decode.spec_decoder import SpecDecoder
 from engine.text.detokenizer import IncrementalDetokenizer
 from engine.text.tokenizer import Tokenizer
 
@@ -84,6 +86,9 @@ class LLMEngine:
                                                 self.requests, self.prompts)
         self._seq_ids = itertools.count()
         self.num_prompt_tokens_computed = 0  # prefill work done, recomputation included
+        self.spec_decoder: SpecDecoder | None = None
+        if cfg.speculative_config is not None:
+            self.spec_decoder = make_spec_decoder(cfg.speculative_config, mcfg, cfg, self.dtype, self.device, progress)
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -155,6 +160,8 @@ class LLMEngine:
             if not seq.is_finished:
                 seq.finish_reason = "abort"
                 self.scheduler.finish(seq)
+        if self.spec_decoder is not None:
+            self.spec_decoder.release(self.scheduler.running)
 
     def has_unfinished(self) -> bool:
         """True while any request is queued or running."""
@@ -163,36 +170,53 @@ class LLMEngine:
     # ---- the step ---------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Schedule, run the model once, sample, and return what changed for each request."""
+        """Draft, schedule, run the model once, sample (verifying drafts), and return what changed per request."""
+        if self.spec_decoder is not None:
+            self.spec_decoder.propose(self.scheduler.running)
         batch = self.scheduler.schedule()
         if not batch.seqs:
             return []
         order = sorted(range(len(batch)), key=lambda i: batch.num_new_tokens[i] != 1)
         batch = ScheduledBatch([batch.seqs[i] for i in order], [batch.num_new_tokens[i] for i in order])
         sample_rows = [i for i, (s, n) in enumerate(zip(batch.seqs, batch.num_new_tokens, strict=True))
-                       if s.num_computed_tokens + n == s.num_tokens]
+                       if s.num_computed_tokens + n == s.num_tokens + len(s.spec_token_ids)]
+        spec_rows = [i for i in sample_rows if batch.seqs[i].spec_token_ids]
         full_rows = [i for i, s in enumerate(batch.seqs)
                      if s.params.prompt_logprobs is not None and len(s.prompt_logprobs) < s.num_prompt_tokens]
         with self.executor.guard() if self.executor is not None else contextlib.nullcontext():
-            logits, full_logits = self.runner.execute(batch, sample_rows, full_rows)
+            logits, full_logits = self.runner.execute(batch, sample_rows, full_rows, spec_rows)
         for row, chunk_logits in full_logits.items():
             add_prompt_logprobs(batch.seqs[row], chunk_logits)
         for seq, n in zip(batch.seqs, batch.num_new_tokens, strict=True):
+            if seq.spec_token_ids:
+                continue  # advanced by what verification accepts
             self.num_prompt_tokens_computed += max(0, min(n, seq.num_prompt_tokens - seq.num_computed_tokens))
             seq.num_computed_tokens += n
             self.kv.cache_blocks(seq.block_tables, seq.token_ids, seq.block_hashes, seq.num_computed_tokens)
         samplers: list[Sequence] = []
-        logit_rows: list[int] = []
-        for row, i in enumerate(sample_rows):
-            seq = batch.seqs[i]
-            for s in [seq, *self.output_processor.fork_children(seq)]:
-                samplers.append(s)
-                logit_rows.append(row)
-        if len(logit_rows) != len(sample_rows):
+        rows: list[SamplingRow] = []
+        logit_rows: list[int] = []  # forks share their parent's logits row; each verified draft has its own
+        for i in sample_rows:
+            seq, first = batch.seqs[i], (logit_rows[-1] + 1 if logit_rows else 0)
+            if seq.spec_token_ids:
+                verify = SpecDecoder.expand(seq, self._sampling_row(seq))
+                samplers.extend([seq] * len(verify))
+                rows.extend(verify)
+                logit_rows.extend(range(first, first + len(verify)))
+                continue
+            forks = [seq, *self.output_processor.fork_children(seq)]
+            samplers.extend(forks)
+            rows.extend(self._sampling_row(s) for s in forks)
+            logit_rows.extend([first] * len(forks))
+        if len(logit_rows) != len(logits):
             logits = logits[logit_rows]
-        rows = [self._sampling_row(s) for s in samplers]
         sampled = self.sampler(logits, rows)
-        return self.output_processor.process(samplers, sampled)
+        if spec_rows:
+            samplers, sampled = self.spec_decoder.accept(samplers, sampled, self.kv)
+        outputs = self.output_processor.process(samplers, sampled)
+        if self.spec_decoder is not None:
+            self.spec_decoder.release(self.scheduler.running)
+        return outputs
 
     @staticmethod
     def _sampling_row(seq: Sequence) -> SamplingRow:
@@ -228,4 +252,5 @@ class LLMEngine:
             "prefix_cache_hits": s.prefix_cache_hits,
             "prefix_cache_hit_rate": s.prefix_cache_hits / s.prefix_cache_queries if s.prefix_cache_queries else 0.0,
             "num_prompt_tokens_computed": self.num_prompt_tokens_computed,
+            "spec_decode": self.spec_decoder.metrics.as_dict() if self.spec_decoder is not None else None,
         }

@@ -35,6 +35,14 @@ def add_prompt_logprobs(seq: Sequence, chunk_logits: torch.Tensor) -> None:
         seq.prompt_logprobs.append(TokenLogprob(token, chosen[i], top))
 
 
+def _add_delta(outs: list[CompletionOutput], delta: CompletionOutput) -> None:
+    """Add a sample's delta; consecutive ones of one sample (accepted drafts) become one."""
+    if outs and outs[-1].index == delta.index:
+        outs[-1].extend(delta)
+    else:
+        outs.append(delta)
+
+
 class OutputProcessor:
     """Appends each step's sampled tokens to their sequences and builds what changed for each request.
 
@@ -80,6 +88,8 @@ class OutputProcessor:
         deltas: dict[str, list[CompletionOutput]] = defaultdict(list)
         failed = set(sampled.failed_rows)
         for i, seq in enumerate(seqs):
+            if seq.is_finished:  # a verified draft run that a stop condition ended early: the rest is dropped
+                continue
             if i not in failed:  # failed: its logits processor raised
                 try:
                     lp = None
@@ -87,14 +97,14 @@ class OutputProcessor:
                         k = seq.params.logprobs
                         top = list(zip(top_ids[i][:k], top_lps[i][:k], strict=True)) if k and top_ids else []
                         lp = [TokenLogprob(token_ids[i], logprobs[i], top)]
-                    deltas[seq.request_id].append(self._append_token(seq, token_ids[i], lp))
+                    _add_delta(deltas[seq.request_id], self._append_token(seq, token_ids[i], lp))
                     continue
                 except Exception:
                     logger.exception("request %s failed on its new token; ending it", seq.request_id)
             # end this request only, with what it had
             seq.finish_reason = "abort"
             self.scheduler.finish(seq)
-            deltas[seq.request_id].append(CompletionOutput(seq.index, "", [], None, "abort"))
+            _add_delta(deltas[seq.request_id], CompletionOutput(seq.index, "", [], None, "abort"))
         return self._request_outputs(deltas)
 
     def _append_token(self, seq: Sequence, token: int, lp: list[TokenLogprob] | None) -> CompletionOutput:

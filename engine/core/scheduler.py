@@ -1,4 +1,6 @@
 """Iteration-level scheduler: running sequences first, then prefill chunks under a token budget.
+A running sequence's drafted tokens (speculative decoding) ride with its decode while the budget and the
+KV pools have room; they are dropped before any sequence is preempted for blocks.
 
 Policies: `fcfs` admits in arrival order and preempts the newest; `priority` (vLLM's) admits the lowest
 `priority` value first and preempts the highest, arrival breaking ties; `mode-aware` ranks by priority,
@@ -61,8 +63,13 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
-            num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            num_new = min(seq.num_tokens + len(seq.spec_token_ids) - seq.num_computed_tokens, budget)
+            del seq.spec_token_ids[max(0, num_new - (seq.num_tokens - seq.num_computed_tokens)):]  # past the budget
             while not self.kv.allocate(seq.block_tables, seq.num_computed_tokens, num_new):
+                if seq.spec_token_ids:  # drafts give way before anyone is preempted
+                    num_new -= len(seq.spec_token_ids)
+                    seq.spec_token_ids = []
+                    continue
                 # fcfs: the newest gives way; ranked: the least important (the last, as running is sorted)
                 victim = self.running.pop()
                 self._preempt(victim)
@@ -140,6 +147,7 @@ class Scheduler:
         """Free a sequence's blocks and requeue it at the front; it is recomputed later."""
         self.kv.free(seq.block_tables)
         seq.num_computed_tokens = 0
+        seq.spec_token_ids = []
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
         self.num_preemptions += 1
@@ -151,4 +159,5 @@ class Scheduler:
         elif seq in self.waiting:
             self.waiting.remove(seq)
         self.kv.free(seq.block_tables)
+        seq.spec_token_ids = []
         seq.status = SequenceStatus.FINISHED

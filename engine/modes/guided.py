@@ -9,6 +9,7 @@ processor, whose forced tokens (`</think>\\n\\n`) the grammar accepts.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import threading
@@ -35,6 +36,7 @@ from engine.core.sampling_params import LogitsProcessor
 from engine.modes.chat_templates import THINK_END, THINK_START
 from engine.modes.reasoning import END_SEQUENCE, ReasoningConfig, ThinkingTracker
 from engine.modes.tool_calls import TOOL_CALL_END, TOOL_CALL_START
+from engine.sample.incremental import IncrementalProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +195,7 @@ class GuidedDecoding:
         return f"tools/response_format: cannot build a grammar: {exc}"
 
 
-class GuidedProcessor:
+class GuidedProcessor(IncrementalProcessor):
     """Masks one sample's logits to its grammar; the matcher accepts each new output token."""
 
     def __init__(self, compiled: xgrammar.CompiledGrammar, config: ReasoningConfig, wait_for_think_end: bool) -> None:
@@ -204,15 +206,30 @@ class GuidedProcessor:
         self._bitmask = xgrammar.allocate_token_bitmask(1, self._vocab_size)
         # an index tensor, moved to the logits' device once, so a step does not build one from a list
         self._eos = torch.tensor(sorted(config.eos_token_ids))
-        self._reset()
+        super().__init__()
 
     def _reset(self) -> None:
         self._tracker = ThinkingTracker(self._config) if self._wait else None
         self._matcher = None if self._wait else xgrammar.GrammarMatcher(self._compiled)
-        self._seen = 0
+        self._steps = 0  # tokens the matcher accepted: what a step back rolls it back by
         self._broken = False
 
+    def _snapshot(self) -> tuple[ThinkingTracker | None, int, bool]:
+        # before the matcher exists only the tracker moves; after, the matcher rolls back by steps
+        tracker = copy.copy(self._tracker) if self._matcher is None else None
+        return tracker, self._steps, self._broken
+
+    def _restore(self, state: tuple[ThinkingTracker | None, int, bool]) -> None:
+        tracker, steps, self._broken = state
+        if tracker is not None:
+            self._tracker, self._matcher = tracker, None
+        elif self._matcher is not None and self._steps > steps:
+            self._matcher.rollback(self._steps - steps)
+        self._steps = steps
+
     def _advance(self, token: int) -> None:
+        if self._broken:
+            return
         if self._matcher is None:
             assert self._tracker is not None
             self._tracker.feed(token)
@@ -222,18 +239,15 @@ class GuidedProcessor:
                 self._broken = bool(self._tracker.after) and not self._matcher.accept_string(self._tracker.after)
         elif self._matcher.is_terminated():
             return  # EOS was accepted; with ignore_eos the output goes on, and only EOS stays allowed
-        elif not self._matcher.accept_token(token):
+        elif self._matcher.accept_token(token):
+            self._steps += 1
+        else:
             self._broken = True
         if self._broken:
             logger.warning("guided decoding: output left the grammar at token %d; constraint dropped", token)
 
-    def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
-        if len(output_ids) < self._seen:  # never expected (outputs only grow), but stay correct
-            self._reset()
-        for token in output_ids[self._seen:]:
-            if not self._broken:
-                self._advance(token)
-        self._seen = len(output_ids)
+    def mask(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+        """Leave only the tokens the grammar accepts next (only EOS once it has terminated)."""
         if self._matcher is None or self._broken:
             return logits
         if self._matcher.is_terminated():

@@ -7,6 +7,7 @@ SmolLM2) get the same `<think>\\n` appended to the prompt as a fallback, and the
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +20,7 @@ import xgrammar
 
 from engine.core.sampling_params import LogitsProcessor
 from engine.modes.chat_templates import THINK_END, THINK_START
+from engine.sample.incremental import IncrementalProcessor
 from engine.text.detokenizer import partial_tag_suffix
 
 # After the end tag EXAONE 4.0 writes a blank line, then the answer; the forced sequence is both.
@@ -214,7 +216,7 @@ def count_reasoning_tokens(token_ids: Sequence[int], config: ReasoningConfig) ->
     return tracker.thinking_tokens
 
 
-class ThinkingBudgetProcessor:
+class ThinkingBudgetProcessor(IncrementalProcessor):
     """Forces the end of thinking once the budget's thinking tokens exist or the deadline has passed, then
     keeps EOS away until an answer token exists (also inside the span: a budgeted reply never ends without
     an answer). One per sample; `cut` says what ended its thinking ("budget", "answer_reserve", "deadline")."""
@@ -225,20 +227,24 @@ class ThinkingBudgetProcessor:
         self._forced = tuple(forced)
         # an index tensor, moved to the logits' device once, so a step does not build one from a list
         self._eos = torch.tensor(sorted(config.eos_token_ids))
-        self._reset()
+        super().__init__()
 
     def _reset(self) -> None:
         self.cut: str | None = None
         self._tracker = ThinkingTracker(self._config)
-        self._seen = 0
         self._forcing_from: int | None = None  # output index where forcing began
 
-    def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
-        if len(output_ids) < self._seen:  # never expected (outputs only grow), but stay correct
-            self._reset()
-        for token in output_ids[self._seen:]:
-            self._tracker.feed(token)
-        self._seen = len(output_ids)
+    def _advance(self, token: int) -> None:
+        self._tracker.feed(token)
+
+    def _snapshot(self) -> tuple[ThinkingTracker, str | None, int | None]:
+        return copy.copy(self._tracker), self.cut, self._forcing_from
+
+    def _restore(self, state: tuple[ThinkingTracker, str | None, int | None]) -> None:
+        self._tracker, self.cut, self._forcing_from = state
+
+    def mask(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
+        """Force the end sequence once a limit is hit; ban EOS until an answer exists."""
         tracker = self._tracker
         if tracker.in_thinking and self._forcing_from is None:
             self.cut = self._cut_reason(tracker.thinking_tokens)
@@ -252,7 +258,6 @@ class ThinkingBudgetProcessor:
             self._eos = self._eos.to(logits.device)
             logits[self._eos] = float("-inf")
         return logits
-
 
     def _cut_reason(self, thinking_tokens: int) -> str | None:
         """Why thinking must end now, whichever limit comes first; None while it may go on."""
