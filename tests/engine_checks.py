@@ -18,3 +18,6 @@ def assert_no_blocks_held(llm: LLM) -> None:
     stats = llm.engine.stats()
     assert stats["running"] == stats["waiting"] == 0
     assert all(n == 0 for n in stats["kv_blocks_used"].values()), stats
+    draft_kv = getattr(getattr(llm.engine.spec_decoder, "proposer", None), "kv", None)
+    if draft_kv is not None:  # a draft model's own cache
+        assert all(n == 0 for n in draft_kv.usage().values()), draft_kv.usage()
