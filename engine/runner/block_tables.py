@@ -10,6 +10,7 @@ is one gather of rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,14 +20,20 @@ from engine.kv.kv_cache import BlockTable
 PAD_ROW = 0  # always -1: the rows of padding sequences (a captured graph's spare rows)
 
 
+@dataclass(slots=True)
+class _Row:
+    index: int
+    table: BlockTable  # held, so that its id() is not reused by a new table while this row stands for it
+    last_step: int
+
+
 class BlockTableMirror:
     """Rows mirroring one pool's BlockTable lists: row[e] == table[e] for e < len(table), -1 beyond."""
 
     def __init__(self, num_rows: int, width: int) -> None:
         self.array = np.full((num_rows + 1, max(width, 1)), -1, dtype=np.int64)
-        # Keyed by id(); holding the table itself keeps that id from being reused by a new one. In least recently
-        # used order, so a row whose table is gone (freed, preempted) or idle is the first taken for a new table.
-        self._rows: dict[int, tuple[int, BlockTable, int]] = {}
+        # By the table's id(). A row whose table is gone (freed, preempted) or idle longest is taken first.
+        self._rows: dict[int, _Row] = {}
         self._free = list(range(num_rows, PAD_ROW, -1))
         self._used = [0] * (num_rows + 1)  # per row: entries at and past this are -1
         self._step = 0
@@ -37,38 +44,45 @@ class BlockTableMirror:
         self._step += 1
         rows = [self._sync(bt) for bt in tables] + [PAD_ROW] * num_pad
         width = max([len(bt.table) for bt in tables] + [1] * (num_pad > 0), default=1)
-        return torch.from_numpy(self.array[rows, :width])
+        return torch.from_numpy(np.take(self.array[:, :width], rows, axis=0))
 
     def _sync(self, bt: BlockTable) -> int:
         """The row holding bt, brought up to date."""
-        hit = self._rows.pop(id(bt), None)  # re-inserted below: most recently used last
+        hit = self._rows.get(id(bt))
+        if hit is not None:
+            hit.last_step = self._step
+            if bt.changed:
+                self._write_changed(hit.index, bt)
+            return hit.index
         n = len(bt.table)
-        reach = max(n, max(bt.changed, default=-1) + 1)  # a trimmed table's changes reach past its end
+        if n > self.array.shape[1]:
+            self._widen(n)
+        row = self._take_row()
+        self.array[row, n : self._used[row]] = -1  # what the row's previous table left
+        self.array[row, :n] = bt.table
+        self._used[row] = n
+        bt.changed.clear()
+        self._rows[id(bt)] = _Row(row, bt, self._step)
+        return row
+
+    def _write_changed(self, row: int, bt: BlockTable) -> None:
+        n, changed = len(bt.table), bt.changed
+        reach = max(n, max(changed) + 1)  # a trimmed table's changes reach past its end
         if reach > self.array.shape[1]:
             self._widen(reach)
-        if hit is None:
-            row = self._take_row()
-            self.array[row, n : self._used[row]] = -1  # what the row's previous table left
-            self.array[row, :n] = bt.table
-            self._used[row] = n
-        else:
-            row = hit[0]
-            if bt.changed:  # entries past the end were popped (trimmed): -1 there
-                self.array[row, bt.changed] = [bt.table[e] if e < n else -1 for e in bt.changed]
-                self._used[row] = max(self._used[row], n)
-        bt.changed.clear()
-        self._rows[id(bt)] = (row, bt, self._step)
-        return row
+        self.array[row, changed] = [bt.table[e] if e < n else -1 for e in changed]  # past the end: popped
+        self._used[row] = max(self._used[row], n)
+        changed.clear()
 
     def _take_row(self) -> int:
         if self._free:
             return self._free.pop()
-        key, (row, _, step) = next(iter(self._rows.items()))
-        if step == self._step:  # every row is read by this step: make room
+        key, oldest = min(self._rows.items(), key=lambda item: item[1].last_step)
+        if oldest.last_step == self._step:  # every row is read by this step: make room
             self._grow()
             return self._free.pop()
         del self._rows[key]  # its table, if it still runs, gets a new row in full when a step next reads it
-        return row
+        return oldest.index
 
     def _grow(self) -> None:
         num_rows = len(self.array)
