@@ -23,13 +23,15 @@ class BlockTable:
 
     Global pools index `table` by logical block; sliding pools use a fixed ring of
     `ring_blocks` entries, logical block j in entry j % ring_blocks, -1 where none is held.
-    Logical blocks below `num_cached` were offered to the prefix cache already.
+    Logical blocks below `num_cached` were offered to the prefix cache already. `changed` lists the
+    entries written in place since the runner last mirrored the table (engine.runner.block_tables).
     """
 
     table: list[int] = field(default_factory=list)
     lo: int = 0
     hi: int = 0
     num_cached: int = 0
+    changed: list[int] = field(default_factory=list, compare=False, repr=False)
 
 
 class KVCacheManager:
@@ -79,6 +81,7 @@ class KVCacheManager:
             pool = self.pools[kind]
             lo, hi = self._needed_range(kind, num_computed, num_new)
             if spec.window is None:
+                bt.changed.extend(range(len(bt.table), hi))
                 for _ in range(bt.hi, hi):
                     bt.table.append(pool.allocate())
                 bt.hi = max(bt.hi, hi)
@@ -89,9 +92,11 @@ class KVCacheManager:
             for j in range(bt.lo, min(lo, bt.hi)):  # out of the window: recycle (still findable if cached)
                 pool.release(bt.table[j % ring])
                 bt.table[j % ring] = -1
+                bt.changed.append(j % ring)
             bt.lo = max(bt.lo, lo) if bt.hi > bt.lo else lo
             for j in range(max(bt.hi, lo), hi):
                 bt.table[j % ring] = pool.allocate()
+                bt.changed.append(j % ring)
             bt.hi = max(bt.hi, hi)
         return True
 
@@ -104,6 +109,7 @@ class KVCacheManager:
             for j in range(bt.hi - 1, max(keep, bt.lo) - 1, -1):
                 entry = self._entry(kind, j)
                 pool.release(bt.table[entry])
+                bt.changed.append(entry)
                 if kind in self.ring_blocks:
                     bt.table[entry] = -1
                 else:

@@ -24,6 +24,7 @@ from engine.cpu_features import linear_path
 from engine.kv.kv_cache import KVCacheManager
 from engine.model.transformer import HybridTransformer
 from engine.parallel.layers import prepack_linears
+from engine.runner.block_tables import BlockTableMirror
 from engine.runner.step_inputs import StepInputs
 
 if TYPE_CHECKING:
@@ -55,6 +56,8 @@ class ModelRunner:
         for spec in model.cfg.layers:
             self.layer_caches.append(self.caches[spec.kv_kind][counters[spec.kv_kind]])
             counters[spec.kv_kind] += 1
+        self.block_tables = {kind: BlockTableMirror(config.max_num_seqs, self._table_width(kind, config))
+                             for kind in kv.specs}
         self.buffers: dict[str, torch.Tensor] = {}
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         if device.type == "cpu" and linear_path(dtype, config.prepack_weights)[0]:
@@ -146,11 +149,8 @@ class ModelRunner:
         seq_lens[len(seqs):] = 0  # padding rows attend over nothing
         bs = self.kv.block_size
         tables, slots = {}, {}
-        for kind in self.kv.specs:
-            kind_tables = [s.block_tables[kind].table for s in seqs] + [[-1]] * num_pad
-            width = max(len(t) for t in kind_tables)
-            tables[kind] = table_t = torch.tensor([t + [-1] * (width - len(t)) for t in kind_tables],
-                                                  dtype=torch.int64)
+        for kind, mirror in self.block_tables.items():
+            tables[kind] = table_t = mirror.gather([s.block_tables[kind] for s in seqs], num_pad)
             ring = self.kv.ring_blocks.get(kind)
             entry = positions // bs if ring is None else (positions // bs) % ring
             slots[kind] = table_t[seq_idx, entry] * bs + positions % bs  # negative for padding rows: skipped
@@ -204,13 +204,15 @@ class ModelRunner:
         self.buffers = {"input_ids": new(max_tokens), "positions": new(max_tokens), "seq_lens": new(max_seqs),
                         "query_start_loc": new(max_seqs + 1)}
         for kind in self.kv.specs:
-            ring = self.kv.ring_blocks.get(kind)
-            width = ring or -(-config.max_model_len // self.kv.block_size)
-            self.buffers[f"tables.{kind}"] = new(max_seqs, width)
+            self.buffers[f"tables.{kind}"] = new(max_seqs, self._table_width(kind, config))
             self.buffers[f"slots.{kind}"] = new(max_tokens)
         total = sum(b.numel() for b in self.buffers.values())
         self.pinned = torch.empty(total, dtype=torch.int64, pin_memory=self.device.type == "cuda")
         self.staging = new(total)
+
+    def _table_width(self, kind: str, config: EngineConfig) -> int:
+        """Entries in the widest block table of a pool: its ring, or the blocks of max_model_len tokens."""
+        return self.kv.ring_blocks.get(kind) or -(-config.max_model_len // self.kv.block_size)
 
     @torch.inference_mode()
     def warm_up_prefill(self) -> None:
