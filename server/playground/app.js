@@ -68,20 +68,21 @@ async function loadModels() {
   $("server-status").textContent = models.length ? `Ready · context ${models[0].max_model_len} tokens` : "No model";
 }
 
-async function pollLoad() {
-  if (!document.hidden) {
-    try {
-      const response = await fetch("/metrics");
-      if (response.ok) {
-        const load = serverLoad(await response.text());
-        $("stat-running").textContent = load.running ?? "–";
-        $("stat-waiting").textContent = load.waiting ?? "–";
-        $("stat-kv").textContent = load.kv === null ? "–" : `${(100 * load.kv).toFixed(1)}%`;
-      }
-    } catch {
-      // the server is away; the next poll tries again
-    }
+async function refreshLoad() {
+  try {
+    const response = await fetch("/metrics");
+    if (!response.ok) return;
+    const load = serverLoad(await response.text());
+    $("stat-running").textContent = load.running ?? "–";
+    $("stat-waiting").textContent = load.waiting ?? "–";
+    $("stat-kv").textContent = load.kv === null ? "–" : `${(100 * load.kv).toFixed(1)}%`;
+  } catch {
+    // the server is away; the next poll tries again
   }
+}
+
+async function pollLoad() {
+  if (!document.hidden) await refreshLoad();
   setTimeout(pollLoad, state.controller ? 500 : 1500);
 }
 
@@ -329,6 +330,7 @@ async function run(s, userText) {
   } finally {
     state.controller = null;
     busy(false);
+    refreshLoad();
   }
   showStats(t0, first, performance.now(), usage);
   const got = reply.reasoning || reply.content || reply.calls.length;
