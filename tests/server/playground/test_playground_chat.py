@@ -173,12 +173,14 @@ def test_api_key_flow(page, console, keyed_url):
     page.get_by_role("button", name="Use key").click()
     page.get_by_text("The server refused this key.").wait_for()
     key_box.fill(KEY)
+    refused = len(statuses)
     page.get_by_role("button", name="Use key").click()
     page.wait_for_function("document.getElementById('model').options.length > 0")
     assert page.locator("#model").input_value() == KEYED_MODEL
     settings(page, temperature="0", max_tokens="8")
     finished(send(page, "Hi!"))
-    assert statuses[-1] == ("chat/completions", 200, True)
+    assert [path for path, _, _ in statuses[refused:]] == ["models", "chat/completions"]
+    assert all(status == 200 and keyed for _, status, keyed in statuses[refused:])  # every call sent the key
     assert page.evaluate("[Object.keys(localStorage).length, document.cookie]") == [0, ""]
     page.reload()  # the same tab keeps the key (sessionStorage) ...
     page.wait_for_function("document.getElementById('model').options.length > 0")

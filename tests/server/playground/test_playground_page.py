@@ -58,9 +58,14 @@ def test_no_ui_leaves_the_api_as_it_was(loading_url):
     assert build_parser().parse_args(["serve"]).ui is True
 
 
-def test_page_says_the_model_is_loading(page, console, loading_url):
+UNLABELLED = """() => [...document.querySelectorAll("input, select, textarea, button")]
+  .filter((e) => !(e.labels?.length || e.getAttribute("aria-label") || e.textContent.trim())).map((e) => e.id)"""
+
+
+def test_page_loads_before_the_model_and_labels_every_control(page, console, loading_url):
     console.allowed = "503"  # the browser logs each /v1/models answered while loading
     open_playground(page, loading_url, ready=False)
     page.get_by_text("The model is loading…").wait_for()
     assert page.locator("#key-form").is_hidden()  # a server without a key never asks for one
+    assert page.evaluate(UNLABELLED) == []
     shot(page, "0-model-loading")
