@@ -10,8 +10,8 @@ from fastapi.responses import Response
 
 from server.errors import APIError
 
-ASSETS = {"app.js": "text/javascript; charset=utf-8", "request.js": "text/javascript; charset=utf-8",
-          "style.css": "text/css; charset=utf-8"}
+ASSETS = {"app.js": "text/javascript; charset=utf-8", "messages.js": "text/javascript; charset=utf-8",
+          "request.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 # The page runs only its own files and talks only to this server: no CDN script, web font or inline
 # code can load, so it works offline and a model's output can never become markup that runs.
 CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "

@@ -1,21 +1,12 @@
 // The playground page: a conversation streamed from /v1/chat/completions, with the request's modes as controls.
-// Model output only ever reaches the page as textContent, never as markup.
+import {assistantView, bubble, el, mergeCall, renderCalls} from "./messages.js";
 import {EXAMPLE_SCHEMA, EXAMPLE_TOOLS, chatBody, curlCommand, pythonCode, serverLoad, sseEvents} from "./request.js";
 
 const $ = (id) => document.getElementById(id);
 const KEY_STORAGE = "exaone-serve.api-key"; // sessionStorage: gone when the tab closes
-const CUTS = {budget: "thinking budget reached", answer_reserve: "room kept for the answer (max_tokens)",
-  deadline: "thinking deadline passed"};
 const state = {messages: [], controller: null, apiKey: sessionStorage.getItem(KEY_STORAGE) || ""};
 
 class SettingsError extends Error {}
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 // ---- server: key, models, load -----------------------------------------------------------------
 
@@ -151,94 +142,7 @@ function toolChoices() {
   select.value = [...select.options].some((o) => o.value === chosen) ? chosen : "auto";
 }
 
-// ---- the conversation ------------------------------------------------------------------------------
-
-function scrollDown() {
-  const log = $("log");
-  log.scrollTop = log.scrollHeight;
-}
-
-function bubble(role, heading, text) {
-  const article = el("article", `msg ${role}`);
-  article.append(el("h2", "visually-hidden", heading), el("div", "text", text));
-  $("log").append(article);
-  scrollDown();
-  return article;
-}
-
-/** The assistant's message as it streams: a thinking block, the answer, tool-call cards, a meta line. */
-function assistantView(json) {
-  const article = bubble("assistant", "Assistant", "");
-  article.setAttribute("aria-busy", "true");
-  const answer = article.querySelector(".text");
-  if (json) answer.classList.add("json");
-  const start = performance.now();
-  let thinking = null;
-  const calls = el("div", "tool-calls");
-  article.append(calls);
-  const view = {
-    article, answer, calls,
-    think(text) {
-      if (!thinking) {
-        thinking = el("details", "thinking");
-        thinking.open = true;
-        thinking.append(el("summary", "", "Thinking…"), el("div", "thinking-text"));
-        article.insertBefore(thinking, answer);
-        article.dataset.firstReasoningMs = (performance.now() - start).toFixed(0);
-      }
-      thinking.querySelector(".thinking-text").textContent = text;
-      scrollDown();
-    },
-    answered() {
-      if (article.dataset.firstAnswerMs) return;
-      article.dataset.firstAnswerMs = (performance.now() - start).toFixed(0);
-      if (thinking) {
-        thinking.open = false; // the answer is what matters now; the thinking stays one click away
-        thinking.querySelector("summary").textContent = `Thought for ${(article.dataset.firstAnswerMs / 1000).toFixed(1)} s`;
-      }
-    },
-    done(outcome, cut, usage) {
-      article.removeAttribute("aria-busy");
-      if (thinking && cut) {
-        const why = CUTS[cut] || cut;
-        thinking.dataset.cut = cut;
-        thinking.querySelector("summary").append(el("span", "cut", ` · cut: ${why}`));
-        thinking.append(el("p", "cut-mark", `✂ cut here: ${why}`));
-      }
-      const parts = [outcome];
-      if (usage) parts.push(`${usage.completion_tokens} tokens`);
-      article.append(el("p", "meta", parts.join(" · ")));
-      scrollDown();
-    },
-  };
-  return view;
-}
-
-function mergeCall(calls, delta) {
-  const call = (calls[delta.index] ??= {id: "", type: "function", function: {name: "", arguments: ""}});
-  if (delta.id) call.id = delta.id;
-  if (delta.function?.name) call.function.name += delta.function.name;
-  if (delta.function?.arguments) call.function.arguments += delta.function.arguments;
-}
-
-function pretty(text) {
-  try {
-    return JSON.stringify(JSON.parse(text), null, 2);
-  } catch {
-    return text; // still streaming, or not JSON
-  }
-}
-
-function renderCalls(container, calls) {
-  container.replaceChildren(...calls.map((call) => {
-    const card = el("section", "tool-card");
-    card.setAttribute("aria-label", `Tool call ${call.function.name}`);
-    const title = el("h3", "", call.function.name || "…");
-    title.append(" ", el("code", "", call.id));
-    card.append(title, el("pre", "args", pretty(call.function.arguments)));
-    return card;
-  }));
-}
+// ---- a turn ---------------------------------------------------------------------------------------
 
 /** After a turn that ended in tool calls: a result box per call, and a button that sends them and continues. */
 function offerResults(view, calls) {
