@@ -32,6 +32,7 @@ from server.openai.schemas import (
 )
 from server.openai.serving import ServerState
 from server.openapi import install_openapi
+from server.playground import install_playground
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,9 @@ def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api
                default_chat_template_kwargs: dict[str, Any] | None = None,
                max_thinking_tokens: int | None = None, reasoning_answer_reserve: float = DEFAULT_ANSWER_RESERVE,
                thinking_deadline_ms: int | None = None,
-               limits: RequestLimits | None = None) -> FastAPI:
-    """Build the app; with engine=None it answers 503 until `attach_engine` hands it one.
+               limits: RequestLimits | None = None, ui: bool = True) -> FastAPI:
+    """Build the app; with engine=None it answers 503 until `attach_engine` hands it one; `ui` serves the
+    playground page at `/` (server/playground).
 
     The app never stops the engine: whoever made the engine shuts it down. Raises ValueError for
     defaults no request could use (a non-boolean enable_thinking, a negative max_thinking_tokens).
@@ -163,6 +165,8 @@ def create_app(engine: AsyncEngine | None, *, served_model_names: list[str], api
         return Response(status_code=200)
 
     app.include_router(api)
+    if ui:
+        install_playground(app)
     return app
 
 

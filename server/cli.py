@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--served-model-name", nargs="+", help="names clients use in `model` (default: --model)")
     serve.add_argument("--api-key", default=os.environ.get("EXAONE_API_KEY"),
                        help="require `Authorization: Bearer KEY` on /v1/* (default: $EXAONE_API_KEY)")
+    serve.add_argument("--no-ui", dest="ui", action="store_false",
+                       help="do not serve the browser playground at / (the API is the same either way)")
     serve.add_argument("--max-queued-requests", type=_positive_int,
                        help="bound of the waiting queue; past it requests get 503 with Retry-After")
     serve.add_argument("--default-chat-template-kwargs", type=_json_object, default={},
@@ -277,7 +279,8 @@ def serve_command(args: argparse.Namespace) -> None:
                         else {"reasoning_answer_reserve": args.reasoning_answer_reserve}),
                      limits=RequestLimits(
                          args.max_n, args.max_stop_sequences, args.max_prompts_per_request, args.max_tools,
-                         args.max_schema_bytes, args.preprocess_timeout, args.preprocess_workers))
+                         args.max_schema_bytes, args.preprocess_timeout, args.preprocess_workers),
+                     ui=args.ui)
     state = app.state.server
     server = DrainingServer(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level),
                             state, args.shutdown_timeout)
@@ -298,7 +301,8 @@ def serve_command(args: argparse.Namespace) -> None:
                 engine.tokenizer.hf.chat_template = args.chat_template
             async_engine = AsyncEngine(engine, args.max_queued_requests, start=False)
             attach_engine(app, async_engine)
-            logger.info("model loaded; serving %s on http://%s:%d/v1", names[0], args.host, args.port)
+            logger.info("model loaded; serving %s on http://%s:%d/v1%s", names[0], args.host, args.port,
+                        f" (playground: http://{args.host}:{args.port}/)" if args.ui else "")
         except BaseException as e:  # the server must not keep answering 503 for a model that cannot load
             failure.append(e)
             server.should_exit = True

@@ -13,9 +13,15 @@ from server.app import create_app
 
 
 @pytest.fixture(scope="module")
-def base_url():
-    with running_engine(None, max_model_len=1024) as engine, \
-            live_server(create_app(engine, served_model_names=[MODEL, "alias"])) as url:
+def default_engine():
+    """The embedded default model's engine, for a module's servers to share."""
+    with running_engine(None, max_model_len=1024) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def base_url(default_engine):
+    with live_server(create_app(default_engine, served_model_names=[MODEL, "alias"])) as url:
         yield url
 
 

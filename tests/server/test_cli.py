@@ -57,6 +57,8 @@ def test_auth_guards_the_api_but_not_health_or_metrics(base_url):
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
     assert [m.id for m in client.models.list().data] == [MODEL]
     assert client.chat.completions.create(**chat).usage.completion_tokens >= 1
+    page = httpx2.get(f"{base_url}/")  # the playground loads without the key; its API calls send it
+    assert page.status_code == 200 and "playground" in page.text
 
 
 def test_prefix_caching_turns_off_by_flag(base_url):
