@@ -134,3 +134,23 @@ def test_json_after_a_budgeted_thinking_span(llm, guided):
         reasoning, content = split_reasoning(sample.text, enabled=True)
         assert reasoning and sample.finish_reason == "stop", sample.text
         jsonschema.validate(json.loads(content), PERSON)
+
+
+def test_processors_step_back_over_rejected_drafts(llm, guided):
+    """Speculative decoding shows a processor drafted tokens that may be rejected: after any such detour its
+    masks are those of a processor that only ever saw the accepted tokens."""
+    tok, vocab = llm.tokenizer, guided.config.tokenizer_info.vocab_size
+    out = [*tok.encode("Let me think", add_special_tokens=False), *guided.config.end_sequence_ids,
+           *tok.encode('<tool_call>{"name": "get_time", "arguments": {"timezone": "KST"}}</tool_call>',
+                       add_special_tokens=False)]
+    makers = [guided.processor_factory(tools=TOOLS, tool_choice="required", reasoning=True),
+              guided.config.budget_processor_factory(3)]
+    for make in makers:
+        straight = make()
+        expected = [_allowed(straight, out[:j], vocab).tolist() for j in range(len(out) + 1)]
+        detoured = make()
+        junk = tok.encode(" nonsense { ] tail", add_special_tokens=False)
+        for j in range(len(out)):
+            for d in range(1, 4):  # a rejected draft of d tokens, seen row by row
+                _allowed(detoured, out[:j] + junk[:d], vocab)
+            assert _allowed(detoured, out[: j + 1], vocab).tolist() == expected[j + 1], j
