@@ -49,8 +49,13 @@ def server_view(samples: list[dict[str, float]]) -> dict[str, Any] | None:
         return None
     peak = {k: max(s.get(k, 0.0) for s in samples) for k in ("running", "waiting", "kv_usage")}
     preempt = [s["preemptions"] for s in samples if "preemptions" in s]
+    spec = [(s["spec_drafts"], s["spec_accepted"]) for s in samples if "spec_drafts" in s]
+    drafts = spec[-1][0] - spec[0][0] if spec else 0
+    # speculative decoding: tokens per verified draft step, the accepted drafts plus the target's own
+    acceptance = 1 + (spec[-1][1] - spec[0][1]) / drafts if drafts else None
     return {**{f"{k}_max": v for k, v in peak.items()},
-            "preemptions": preempt[-1] - preempt[0] if preempt else None, "samples": len(samples)}
+            "preemptions": preempt[-1] - preempt[0] if preempt else None, "samples": len(samples),
+            "spec_drafts": drafts if spec else None, "mean_acceptance_length": acceptance}
 
 
 def write_run(out: Path, data: RunData, meta: dict[str, Any], slo: dict[str, float], max_lag: float) -> dict[str, Any]:
@@ -136,6 +141,9 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
         sv = summary["server"]
         lines.append(f"Server (/metrics): running max {sv['running_max']:.0f}, waiting max {sv['waiting_max']:.0f}, "
                      f"KV use max {sv['kv_usage_max']:.0%}, preemptions {_num(sv['preemptions'], '{:.0f}')}.")
+        if sv.get("spec_drafts") is not None:
+            lines.append(f"Speculative decoding: {sv['spec_drafts']:.0f} drafts verified, mean acceptance length "
+                         f"{_num(sv['mean_acceptance_length'], '{:.2f}')} tokens per draft step.")
     lines += ["", *[f"![{p}]({p})" for p in plots], ""]
     return "\n".join(lines)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 EXTENSIONS = ("reasoning", "thinking_budget", "ignore_eos")
-SCENARIOS = ("chat", "reasoning", "tools", "long", "json")
+SCENARIOS = ("chat", "reasoning", "tools", "long", "json", "copy")
 DEFAULT_MIX = {"chat": 4, "reasoning": 2, "tools": 2, "json": 1, "long": 1}
 NEEDS = {"reasoning": ("reasoning", "thinking_budget")}
 
@@ -118,11 +118,30 @@ def build(scenario: str, rng: random.Random, opts: ScenarioOptions, extensions: 
                                      "json_schema": {"name": "person", "schema": JSON_SCHEMA, "strict": True}},
                     max_tokens=max(opts.output_tokens, 96))
         fixed_length = False
+    elif scenario == "copy":  # answers that copy from the prompt (where prompt-lookup drafting accepts often)
+        body["messages"] = [{"role": "user", "content": _copy_task(rng)}]
+        if "reasoning" in extensions:
+            body["reasoning"] = False
+        fixed_length = False  # the copy's own length
     else:
         raise ValueError(f"unknown scenario {scenario!r}")
     if fixed_length:
         body["ignore_eos"] = True
     return Plan(scenario, body, ", ".join(missing) or None)
+
+
+def _copy_task(rng: random.Random) -> str:
+    """Repeat a JSON record with one field changed, or fix a bug in a short function: mostly copying."""
+    if rng.random() < 0.5:
+        record = {"id": rng.randrange(10_000), "name": rng.choice(_DATA["words"]).title(),
+                  "city": rng.choice(_DATA["cities"]), "tags": rng.sample(_DATA["words"], 3),
+                  "active": rng.random() < 0.5, "score": rng.randrange(100)}
+        return (f"Repeat this JSON exactly, but set city to {rng.choice(_DATA['cities'])!r}. Output only the "
+                f"JSON.\n{json.dumps(record, indent=2)}")
+    name, a = rng.choice(_DATA["words"]), rng.choice(_DATA["words"])
+    code = (f"def {name}_total(items):\n    total = 0\n    for item in items:\n        total = item.{a}\n"
+            f"    return total\n\n\ndef {name}_mean(items):\n    return {name}_total(items) / len(items)\n")
+    return f"Fix the bug in this code (the total must add every item's {a}). Output the whole corrected code.\n{code}"
 
 
 def tool_turn(first: dict[str, Any], calls: list[Any]) -> dict[str, Any]:

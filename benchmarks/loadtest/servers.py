@@ -17,7 +17,9 @@ import requests
 
 EXAONE_SERVE = str(Path(sys.executable).parent / "exaone-serve")  # the console script beside this interpreter
 SERVER_GAUGES = {"exaone:num_requests_running": "running", "exaone:num_requests_waiting": "waiting",
-                 "exaone:num_preemptions_total": "preemptions", "exaone:num_preemptions": "preemptions"}
+                 "exaone:num_preemptions_total": "preemptions", "exaone:num_preemptions": "preemptions",
+                 "exaone:spec_decode_num_drafts_total": "spec_drafts",
+                 "exaone:spec_decode_num_accepted_tokens_total": "spec_accepted"}
 
 
 def free_port() -> int:
