@@ -7,8 +7,9 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 METHODS = ("ngram", "draft_model")
-# Measured on a 2-core AVX2 CPU (benchmarks/RESULTS.md, "Speculative decoding"): from this many running
-# sequences on, a step's weight reads are shared by the batch, so verifying drafts costs more than it saves.
+# Measured on a 2-core AVX2 CPU (benchmarks/spec_decode.py, RESULTS.md "Speculative decoding"): from 4 running
+# sequences on, n-gram drafting gains 5% on copying prompts and loses 6-10% on chat, as the batch already
+# shares the weight reads. CUDA's is not measured yet (no GPU lent): a GPU step stays weight-bound far longer.
 CPU_DISABLE_BY_BATCH_SIZE = 4
 CUDA_DISABLE_BY_BATCH_SIZE = 32
 
