@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, NoReturn
 
+from engine.config import QUANTIZATION_MODES
 from engine.errors import ModelLoadError, TensorParallelError
 from server.limits import RequestLimits
 from server.openai.schemas import DEFAULT_MAX_REQUEST_BODY_BYTES
@@ -138,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU: pack linear weights for oneDNN once at start (default: on)")
     common.add_argument("--compile", action="store_true", default=None,
                         help="CPU: compile the decoder layers with torch.compile at start (slower start, faster steps)")
+    common.add_argument("--quantization", choices=QUANTIZATION_MODES,
+                        help="CPU linear weights: none (default, as loaded), int8 (GGUF Q8_0/Q4_0/Q4_1 kept exact, "
+                             "others per 32 columns) or fp16 (README, Quantization)")
     common.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="debug also shows tracebacks and ignored request fields")
 
@@ -221,7 +225,8 @@ def _device(name: str) -> str:
 def _engine_args(args: argparse.Namespace) -> dict[str, Any]:
     names = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_memory",
              "gpu_memory_utilization", "tensor_parallel_size", "enable_prefix_caching", "scheduling_policy",
-             "fast_lane_max_wait_s", "attention_backend", "enforce_eager", "prepack_weights", "compile")
+             "fast_lane_max_wait_s", "attention_backend", "enforce_eager", "prepack_weights", "compile",
+             "quantization")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
