@@ -24,6 +24,9 @@ from engine.parallel.layers import ShardedLayer, VocabParallelEmbedding
 
 logger = logging.getLogger(__name__)
 
+# The kernels beat fp32 while a step reads each weight for few tokens (decode); from ~16 rows on they are
+# compute-bound and slower than MKL's fp32 GEMM (benchmarks/quant_matmul.py).
+KERNEL_MAX_ROWS = 16
 INT8_GROUP_SIZE = 32  # fp32 weights quantized to int8 get one scale per 32 columns, as GGUF's Q8_0
 
 
@@ -116,8 +119,11 @@ class QuantLinearMethod:
         layer.weight = nn.Parameter(layer.weight.new_empty(0), requires_grad=False)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """x W^T in fp32."""
+        """x W^T in fp32; prefill-sized batches widen the weight once and run MKL's GEMM on it."""
         assert self.kernels is not None
+        if x.shape[0] > KERNEL_MAX_ROWS:
+            dense = self.fp16.float() if self.fp16 is not None else self.weight.dequantize()
+            return F.linear(x, dense)
         if self.fp16 is not None:
             return self.kernels.fp16_linear(x, self.fp16)
         w = self.weight

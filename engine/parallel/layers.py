@@ -41,6 +41,9 @@ class LinearMethod(Protocol):
     def embedding(self, ids: torch.Tensor) -> torch.Tensor:
         """The weight's rows for `ids`."""
 
+    def nbytes(self) -> int:
+        """Bytes the served weight takes."""
+
 
 class ShardedLayer(nn.Module, ABC):
     """A layer whose `weight` is this rank's slice of one or more full checkpoint tensors (parts)."""

@@ -102,7 +102,9 @@ def weight_bytes(model: nn.Module) -> tuple[int, int]:
     plain = sum(p.numel() * p.element_size() for p in model.parameters())
     packed = sum(m.packed.numel() * m.packed.element_size() for m in model.modules()
                  if isinstance(m, ShardedLayer) and m.packed is not None)
-    return plain + packed, packed
+    quantized = sum(m.quant_method.nbytes() for m in model.modules()  # --quantization: held by the method
+                    if isinstance(m, ShardedLayer) and m.quant_method is not None)
+    return plain + packed + quantized, packed
 
 
 def log_rank_memory(rank: int, world_size: int, device: torch.device, model: HybridTransformer,

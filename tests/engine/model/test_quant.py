@@ -21,7 +21,8 @@ from engine.cpu_features import quant_kernel_path
 from engine.model.cpu_quant import cpu_quant_ops
 from engine.model.gguf_quant import gguf_blocks
 from engine.model.loader import iter_weights
-from engine.model.quant import QuantizedWeight, quantize_int8
+from engine.model.quant import KERNEL_MAX_ROWS, QuantizedWeight, QuantLinearMethod, quantize_int8
+from engine.parallel.layers import ColumnParallelLinear
 
 Q = gguf.GGMLQuantizationType
 NEW_TOKENS = 10
@@ -159,3 +160,19 @@ def test_without_the_kernels_the_weights_are_served_dequantized(twins, monkeypat
 def test_unknown_mode_is_rejected() -> None:
     with pytest.raises(ValueError, match="quantization must be one of"):
         LLM(quantization="int4", progress=False)
+
+
+@needs_kernels
+@pytest.mark.parametrize("mode", ["int8", "fp16"])
+def test_a_layer_serves_decode_rows_by_kernel_and_prefill_rows_by_gemm(mode: str) -> None:
+    torch.manual_seed(1)
+    w = torch.randn(48, 64) * 0.1
+    layer = ColumnParallelLinear(64, [48])
+    layer.quant_method = QuantLinearMethod(mode, torch.float32)
+    layer.load_shard(quantize_int8(w) if mode == "int8" else w)
+    layer.quant_method.finish(layer)
+    assert layer.weight.numel() == 0 and layer.quant_method.nbytes() < w.numel() * 4
+    dense = quantize_int8(w).dequantize() if mode == "int8" else w.half().float()
+    for rows in (1, KERNEL_MAX_ROWS, KERNEL_MAX_ROWS + 1, 40):
+        x = torch.randn(rows, 64)
+        torch.testing.assert_close(layer(x), x @ dense.T, atol=1e-4, rtol=1e-5)
