@@ -170,6 +170,8 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 # Batch limits per device type: CPU decode steps are compute-bound from ~16 rows (64 keeps the matmuls fed,
 # 512-token chunks keep a prefill from stalling the decodes for long); a GPU wants vLLM's order of magnitude.
+QUANTIZATION_MODES = ("none", "int8", "fp16")  # --quantization (issue 23)
+
 DEVICE_DEFAULTS: dict[str, dict[str, int]] = {
     "cpu": {"max_num_seqs": 64, "max_num_batched_tokens": 512},
     "cuda": {"max_num_seqs": 256, "max_num_batched_tokens": 8192},
@@ -197,11 +199,14 @@ class EngineConfig:
     compile: bool = False  # CPU: the decoder layers as one torch.compile graph (compiled at start)
     # vLLM's speculative_config: {"method": "ngram", "num_speculative_tokens": 4, ...} or {"model": ...}
     speculative_config: SpeculativeConfig | dict[str, Any] | str | None = None
+    quantization: str = "none"  # CPU linear weights: "none" (as loaded), "int8" or "fp16" (engine.model.quant)
 
     def __post_init__(self) -> None:
         if self.scheduling_policy not in SCHEDULING_POLICIES:
             raise ValueError(f"scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}, "
                              f"got {self.scheduling_policy!r}")
+        if self.quantization not in QUANTIZATION_MODES:
+            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_MODES)}, got {self.quantization!r}")
         if self.compile and self.tensor_parallel_size > 1:
             raise ValueError("--compile is for a single rank; it cannot be combined with --tensor-parallel-size")
         self.speculative_config = SpeculativeConfig.parse(self.speculative_config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,7 @@ class CpuFeatures:
     avx512_bf16: bool  # AVX512-BF16 (a bf16 dot product in hardware), where the kernel level is AVX512
     amx: bool  # AMX tiles, where the kernel level is AVX512
     vnni: bool  # AVX512-VNNI or AVX-VNNI (int8 dot products)
+    avx2: bool = False  # ATen's AVX2 level or above; ATen asks FMA with it, and every AVX2 CPU has F16C
 
     @property
     def native_bf16(self) -> bool:
@@ -55,6 +57,7 @@ def cpu_features() -> CpuFeatures:
         avx512_bf16=isa == "AVX512" and torch.cpu._is_avx512_bf16_supported(),
         amx=isa == "AVX512" and torch.cpu._is_amx_tile_supported(),
         vnni=torch.cpu._is_vnni_supported(),
+        avx2=isa in ("AVX2", "AVX512"),
     )
 
 
@@ -72,6 +75,15 @@ def linear_path(dtype: torch.dtype, want_prepack: bool = True) -> tuple[bool, st
             return True, "oneDNN-packed" + ("" if cpu.native_bf16 else " (no AVX512-BF16/AMX: converted to fp32 math)")
         return False, "plain F.linear (oneDNN's bf16 needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT)"
     return False, "plain F.linear (oneDNN packs only float32 and bfloat16)"
+
+
+def quant_kernel_path() -> tuple[bool, str]:
+    """Whether the AVX2 kernels for 8- and 16-bit weights (engine.model.cpu_quant) can run here, and why not."""
+    if not cpu_features().avx2:
+        return False, "no AVX2: 8/16-bit weights served dequantized to the activation dtype"
+    if shutil.which("c++") is None or shutil.which("ninja") is None:
+        return False, "no C++ compiler or ninja to build the kernels: 8/16-bit weights served dequantized"
+    return True, "AVX2 kernels"
 
 
 def log_cpu_paths(dtype: torch.dtype, want_prepack: bool) -> None:

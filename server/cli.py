@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, NoReturn
 
+from engine.config import QUANTIZATION_MODES
 from engine.errors import ModelLoadError, TensorParallelError
 from engine.spec_decode.config import SpeculativeConfig
 from server.limits import RequestLimits
@@ -151,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--speculative-config", type=_speculative_config,
                         help='vLLM\'s JSON: {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, '
                              '"prompt_lookup_max": 4} or {"model": "<draft>", "num_speculative_tokens": 4}')
+    common.add_argument("--quantization", choices=QUANTIZATION_MODES,
+                        help="CPU linear weights: none (default, as loaded), int8 (GGUF Q8_0/Q4_0/Q4_1 kept exact, "
+                             "others per 32 columns) or fp16 (README, Quantization)")
     common.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="debug also shows tracebacks and ignored request fields")
 
@@ -237,7 +241,7 @@ def _engine_args(args: argparse.Namespace) -> dict[str, Any]:
     names = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_memory",
              "gpu_memory_utilization", "tensor_parallel_size", "enable_prefix_caching", "scheduling_policy",
              "fast_lane_max_wait_s", "attention_backend", "enforce_eager", "prepack_weights", "compile",
-             "speculative_config")
+             "speculative_config", "quantization")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

@@ -11,7 +11,8 @@ from engine import cpu_features
 from engine.cpu_features import CpuFeatures
 
 # A CPU with AVX2 and FMA only (most laptops, many cloud VMs): no AVX-512, so no oneDNN bf16.
-AVX2_ONLY = CpuFeatures(isa="AVX2", onednn=True, onednn_bf16=False, avx512_bf16=False, amx=False, vnni=False)
+AVX2_ONLY = CpuFeatures(isa="AVX2", onednn=True, onednn_bf16=False, avx512_bf16=False, amx=False, vnni=False,
+                        avx2=True)
 
 
 

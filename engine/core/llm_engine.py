@@ -66,7 +66,7 @@ class LLMEngine:
             self.executor = TensorParallelExecutor(cfg.tensor_parallel_size, spec, self.device)
         try:
             self.model = HybridTransformer.from_checkpoint(path, mcfg, backend, self.dtype, self.device,
-                                                           cfg.max_model_len, progress)
+                                                           cfg.max_model_len, progress, cfg.quantization)
             self.kv = make_kv_manager(mcfg, cfg, self.dtype, self.device)
             fit_max_model_len(cfg, self.kv)
             self.runner = ModelRunner(self.model, self.kv, self.dtype, self.device, cfg)

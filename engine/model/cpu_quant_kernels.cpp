@@ -1,0 +1,244 @@
+// Weight-only quantized CPU matmuls, y = x W^T with fp32 activations and fp32 accumulation:
+// int8 weights with one fp32 scale per output row, and fp16 weights. AVX2 + FMA (+ F16C for fp16);
+// built by torch.utils.cpp_extension from engine/model/cpu_quant.py only where the CPU has them.
+// Decode matmuls are bound by reading the weights, so 1-2 byte weights widened in registers beat
+// fp32 weights; a 2-row x 4-token register tile reuses each widened weight vector four times.
+#include <immintrin.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace {
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Weight rows widened to fp32 into a small buffer that stays in L1: int8 q * scale (+ offset) per group of
+// columns, or fp16 values. `widen(n, count, out)` writes rows n .. n + count - 1 as [count, K] floats.
+template <bool HasOffset>
+struct Int8Rows {
+  const int8_t* q;
+  const float* scale;   // [N, K / group]
+  const float* offset;  // [N, K / group], read only when HasOffset
+  int64_t K, group;
+  int64_t group_size() const { return group; }
+  void widen(int64_t n0, int64_t count, float* out) const {
+    const int64_t groups = K / group;
+    for (int64_t n = n0; n < n0 + count; ++n, out += K) {
+      const int8_t* row = q + n * K;
+      for (int64_t g = 0; g < groups; ++g) {
+        const __m256 s = _mm256_set1_ps(scale[n * groups + g]);
+        const __m256 o = HasOffset ? _mm256_set1_ps(offset[n * groups + g]) : _mm256_setzero_ps();
+        for (int64_t k = g * group; k < (g + 1) * group; k += 8) {
+          const __m128i raw = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + k));
+          const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw));
+          _mm256_storeu_ps(out + k, HasOffset ? _mm256_fmadd_ps(v, s, o) : _mm256_mul_ps(v, s));
+        }
+      }
+    }
+  }
+  // One token (a decode step of one sequence): widen in registers, scale each group's partial sum once.
+  // xsum[g] = the token's sum over group g, for the offsets. Rows n0 .. n0 + 3.
+  void gemv4(int64_t n0, const float* x, const float* xsum, float* out) const {
+    const int64_t groups = K / group;
+    const int8_t *r0 = q + n0 * K, *r1 = r0 + K, *r2 = r1 + K, *r3 = r2 + K;
+    const float *s0 = scale + n0 * groups, *s1 = s0 + groups, *s2 = s1 + groups, *s3 = s2 + groups;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t g = 0; g < groups; ++g) {
+      __m256 p0 = _mm256_setzero_ps(), p1 = p0, p2 = p0, p3 = p0;
+      for (int64_t k = g * group; k < (g + 1) * group; k += 8) {
+        const __m256 xv = _mm256_loadu_ps(x + k);
+        p0 = _mm256_fmadd_ps(widen8(r0 + k), xv, p0);
+        p1 = _mm256_fmadd_ps(widen8(r1 + k), xv, p1);
+        p2 = _mm256_fmadd_ps(widen8(r2 + k), xv, p2);
+        p3 = _mm256_fmadd_ps(widen8(r3 + k), xv, p3);
+      }
+      a0 = _mm256_fmadd_ps(p0, _mm256_set1_ps(s0[g]), a0);
+      a1 = _mm256_fmadd_ps(p1, _mm256_set1_ps(s1[g]), a1);
+      a2 = _mm256_fmadd_ps(p2, _mm256_set1_ps(s2[g]), a2);
+      a3 = _mm256_fmadd_ps(p3, _mm256_set1_ps(s3[g]), a3);
+    }
+    const __m256 acc[4] = {a0, a1, a2, a3};
+    for (int i = 0; i < 4; ++i) {
+      float v = hsum(acc[i]);
+      if (HasOffset)
+        for (int64_t g = 0; g < groups; ++g) v += offset[(n0 + i) * groups + g] * xsum[g];
+      out[i] = v;
+    }
+  }
+  static inline __m256 widen8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+};
+
+struct Fp16Rows {
+  const at::Half* w;
+  int64_t K;
+  void widen(int64_t n0, int64_t count, float* out) const {
+    for (int64_t n = n0; n < n0 + count; ++n, out += K) {
+      const at::Half* row = w + n * K;
+      int64_t k = 0;
+      for (; k + 8 <= K; k += 8)
+        _mm256_storeu_ps(out + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k))));
+      for (; k < K; ++k) out[k] = static_cast<float>(row[k]);
+    }
+  }
+  // One token: widen in registers (needs K % 8 == 0). Rows n0 .. n0 + 3.
+  void gemv4(int64_t n0, const float* x, const float*, float* out) const {
+    const at::Half *r0 = w + n0 * K, *r1 = r0 + K, *r2 = r1 + K, *r3 = r2 + K;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t k = 0; k < K; k += 8) {
+      const __m256 xv = _mm256_loadu_ps(x + k);
+      a0 = _mm256_fmadd_ps(widen8(r0 + k), xv, a0);
+      a1 = _mm256_fmadd_ps(widen8(r1 + k), xv, a1);
+      a2 = _mm256_fmadd_ps(widen8(r2 + k), xv, a2);
+      a3 = _mm256_fmadd_ps(widen8(r3 + k), xv, a3);
+    }
+    out[0] = hsum(a0); out[1] = hsum(a1); out[2] = hsum(a2); out[3] = hsum(a3);
+  }
+  static inline __m256 widen8(const at::Half* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  int64_t group_size() const { return K; }
+};
+
+
+// The micro-kernels name every accumulator: GCC keeps an accumulator array on the stack (a store per FMA).
+// Row pair (w0, w1: K floats each) against 4 tokens x0 .. x0 + 3K: out[j * N + i] for i < 2, j < 4.
+inline void dot_2x4(const float* w0, const float* w1, const float* x, float* out, int64_t K, int64_t N) {
+  __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+  const float *x0 = x, *x1 = x + K, *x2 = x + 2 * K, *x3 = x + 3 * K;
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 u = _mm256_loadu_ps(w0 + k), v = _mm256_loadu_ps(w1 + k);
+    __m256 t = _mm256_loadu_ps(x0 + k);
+    a00 = _mm256_fmadd_ps(u, t, a00); a10 = _mm256_fmadd_ps(v, t, a10);
+    t = _mm256_loadu_ps(x1 + k);
+    a01 = _mm256_fmadd_ps(u, t, a01); a11 = _mm256_fmadd_ps(v, t, a11);
+    t = _mm256_loadu_ps(x2 + k);
+    a02 = _mm256_fmadd_ps(u, t, a02); a12 = _mm256_fmadd_ps(v, t, a12);
+    t = _mm256_loadu_ps(x3 + k);
+    a03 = _mm256_fmadd_ps(u, t, a03); a13 = _mm256_fmadd_ps(v, t, a13);
+  }
+  const __m256 acc[2][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}};
+  const float* ws[2] = {w0, w1};
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 4; ++j) {
+      float s = hsum(acc[i][j]);
+      for (int64_t t = k; t < K; ++t) s += ws[i][t] * x[j * K + t];
+      out[j * N + i] = s;
+    }
+}
+
+// One widened row against one token.
+inline float dot_1x1(const float* w, const float* x, int64_t K) {
+  __m256 a = _mm256_setzero_ps(), b = a;
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    a = _mm256_fmadd_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(x + k), a);
+    b = _mm256_fmadd_ps(_mm256_loadu_ps(w + k + 8), _mm256_loadu_ps(x + k + 8), b);
+  }
+  float s = hsum(_mm256_add_ps(a, b));
+  for (; k < K; ++k) s += w[k] * x[k];
+  return s;
+}
+
+inline std::vector<int64_t> out_shape(const at::Tensor& x, int64_t N) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = N;
+  return shape;
+}
+
+constexpr int64_t kRows = 8;  // weight rows widened at a time: 8 x K floats stay in L1 for K up to ~1K
+
+template <typename W>
+at::Tensor linear(const at::Tensor& x_in, const W& w, int64_t N) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat, "activations must be float32");
+  const at::Tensor x = x_in.reshape({-1, x_in.size(-1)}).contiguous();
+  const int64_t M = x.size(0), K = x.size(1);
+  at::Tensor out = at::empty({M, N}, x.options());
+  const float* xp = x.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  if (M == 1 && K % 8 == 0) {
+    // xsum: the token's sum per weight group (the offsets' term), K / group floats.
+    const int64_t G = w.group_size();
+    std::vector<float> xsum(K / G, 0.0f);
+    for (int64_t k = 0; k < K; ++k) xsum[k / G] += xp[k];
+    at::parallel_for(0, (N + 3) / 4, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const int64_t n0 = 4 * b;
+        if (n0 + 4 <= N) {
+          w.gemv4(n0, xp, xsum.data(), op + n0);
+        } else {
+          std::vector<float> buf(K);
+          for (int64_t n = n0; n < N; ++n) {
+            w.widen(n, 1, buf.data());
+            op[n] = dot_1x1(buf.data(), xp, K);
+          }
+        }
+      }
+    });
+    return out.view(out_shape(x_in, N));
+  }
+  // Each weight row is read from memory once and widened once into an L1 buffer, then used for every token.
+  at::parallel_for(0, (N + kRows - 1) / kRows, 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(kRows * K);
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t n0 = b * kRows, count = std::min(kRows, N - n0);
+      w.widen(n0, count, buf.data());
+      int64_t m = 0;
+      for (; m + 4 <= M; m += 4) {
+        int64_t i = 0;
+        for (; i + 2 <= count; i += 2)
+          dot_2x4(buf.data() + i * K, buf.data() + (i + 1) * K, xp + m * K, op + m * N + n0 + i, K, N);
+        for (; i < count; ++i)
+          for (int64_t j = m; j < m + 4; ++j) op[j * N + n0 + i] = dot_1x1(buf.data() + i * K, xp + j * K, K);
+      }
+      for (; m < M; ++m)
+        for (int64_t i = 0; i < count; ++i) op[m * N + n0 + i] = dot_1x1(buf.data() + i * K, xp + m * K, K);
+    }
+  });
+  return out.view(out_shape(x_in, N));
+}
+
+// w [N, K] int8; scale (and offset, when it has elements) [N, K / group] fp32: W = q * scale + offset.
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale, const at::Tensor& offset) {
+  TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kChar && q.is_contiguous(), "int8_linear: q must be contiguous int8 [N, K]");
+  TORCH_CHECK(x.size(-1) == q.size(1), "int8_linear: x's last dim must be K");
+  const int64_t N = q.size(0), K = q.size(1);
+  TORCH_CHECK(scale.dim() == 2 && scale.size(0) == N && scale.scalar_type() == at::kFloat && scale.is_contiguous(),
+              "int8_linear: scale must be contiguous fp32 [N, K / group]");
+  const int64_t group = K / scale.size(1);
+  TORCH_CHECK(group * scale.size(1) == K && group % 8 == 0, "int8_linear: group size must divide K and be a multiple of 8");
+  const bool has_offset = offset.numel() > 0;
+  TORCH_CHECK(!has_offset || (offset.sizes() == scale.sizes() && offset.scalar_type() == at::kFloat && offset.is_contiguous()),
+              "int8_linear: offset must be empty or shaped like scale");
+  if (has_offset)
+    return linear(x, Int8Rows<true>{q.data_ptr<int8_t>(), scale.data_ptr<float>(), offset.data_ptr<float>(), K, group}, N);
+  return linear(x, Int8Rows<false>{q.data_ptr<int8_t>(), scale.data_ptr<float>(), nullptr, K, group}, N);
+}
+
+at::Tensor fp16_linear(const at::Tensor& x, const at::Tensor& w) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kHalf && w.is_contiguous(), "fp16_linear: w must be contiguous fp16 [N, K]");
+  TORCH_CHECK(x.size(-1) == w.size(1), "fp16_linear: x's last dim must be K");
+  return linear(x, Fp16Rows{w.data_ptr<at::Half>(), w.size(1)}, w.size(0));
+}
+
+}  // namespace
+
+TORCH_LIBRARY(exaone_cpu, m) {
+  m.def("int8_linear(Tensor x, Tensor q, Tensor scale, Tensor offset) -> Tensor");
+  m.def("fp16_linear(Tensor x, Tensor w) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(exaone_cpu, CPU, m) {
+  m.impl("int8_linear", &int8_linear);
+  m.impl("fp16_linear", &fp16_linear);
+}

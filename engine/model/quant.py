@@ -1,0 +1,169 @@
+"""Quantized linear weights on the CPU (`--quantization`, issue 23): int8 with group scales, or fp16.
+
+`QuantizedWeight` is an int8 matrix with one fp32 scale (and optionally one fp32 offset) per group of
+columns of each row, W = q * scale + offset: GGUF's Q8_0, Q4_0 and Q4_1 blocks and AWQ/GPTQ's 4-bit
+groups all fit it exactly, so they load without a round trip through fp32. A layer's
+`quant_method` collects this rank's slices while the checkpoint streams in (the parallel layers cut
+them as they cut fp32 weights), then keeps them in its format and runs the matmul: the AVX2 kernels of
+engine.model.cpu_quant where they run, else the same weights dequantized (same outputs, no speed-up).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import QUANTIZATION_MODES
+from engine.cpu_features import quant_kernel_path
+from engine.model.cpu_quant import cpu_quant_ops
+from engine.parallel.layers import ShardedLayer, VocabParallelEmbedding
+
+logger = logging.getLogger(__name__)
+
+# The kernels beat fp32 while a step reads each weight for few tokens (decode); from ~16 rows on they are
+# compute-bound and slower than MKL's fp32 GEMM (benchmarks/quant_matmul.py).
+KERNEL_MAX_ROWS = 16
+INT8_GROUP_SIZE = 32  # fp32 weights quantized to int8 get one scale per 32 columns, as GGUF's Q8_0
+
+
+@dataclass
+class QuantizedWeight:
+    """An [N, K] matrix as int8 q with [N, K / group] fp32 scales and optional offsets: q * scale + offset."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    offset: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> torch.Size:
+        """The shape of the matrix it stands for (as a checkpoint tensor's)."""
+        return self.q.shape
+
+    @property
+    def group_size(self) -> int:
+        """Columns per scale."""
+        return self.q.shape[1] // self.scale.shape[1]
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The matrix in `dtype`, computed in fp32 as the kernels compute it."""
+        w = self.q.float().view(*self.scale.shape, -1) * self.scale[..., None]
+        if self.offset is not None:
+            w += self.offset[..., None]
+        return w.view(self.shape).to(dtype)
+
+    def __getitem__(self, index: slice | tuple[slice, slice]) -> QuantizedWeight | torch.Tensor:
+        """Rows (and columns) as a tensor slice; a column cut inside a group returns the dequantized slice."""
+        rows, cols = index if isinstance(index, tuple) else (index, slice(None))
+        start, stop, _ = cols.indices(self.shape[1])
+        g = self.group_size
+        if start % g or stop % g:
+            return self.dequantize()[rows, cols]
+        group_cols = slice(start // g, stop // g)
+        offset = None if self.offset is None else self.offset[rows, group_cols]
+        return QuantizedWeight(self.q[rows, cols], self.scale[rows, group_cols], offset)
+
+
+def quantize_int8(w: torch.Tensor, group_size: int = INT8_GROUP_SIZE) -> QuantizedWeight:
+    """Symmetric int8 per group of columns (scale = max |w| / 127), Q8_0's rule; whole rows if K % group."""
+    n, k = w.shape
+    group = group_size if k % group_size == 0 else k
+    blocks = w.float().reshape(n, k // group, group)
+    scale = blocks.abs().amax(-1) / 127.0
+    q = torch.where(scale[..., None] > 0, blocks / scale[..., None], 0.0).round().clamp(-127, 127)
+    return QuantizedWeight(q.to(torch.int8).reshape(n, k).contiguous(), scale.contiguous())
+
+
+def concat_rows(parts: list[QuantizedWeight]) -> QuantizedWeight:
+    """Stack parts by rows (fused q/k/v, gate/up); parts with other group sizes are requantized to the first's."""
+    group = parts[0].group_size
+    parts = [p if p.group_size == group else quantize_int8(p.dequantize(), group) for p in parts]
+    offsets = None
+    if any(p.offset is not None for p in parts):
+        offsets = torch.cat([torch.zeros_like(p.scale) if p.offset is None else p.offset for p in parts])
+    return QuantizedWeight(torch.cat([p.q for p in parts]).contiguous(), torch.cat([p.scale for p in parts]).contiguous(),
+                           None if offsets is None else offsets.contiguous())
+
+
+class QuantLinearMethod:
+    """One layer's weight in an 8- or 16-bit format: collected per part while loading, then served."""
+
+    def __init__(self, mode: str, dtype: torch.dtype) -> None:
+        self.mode, self.dtype = mode, dtype
+        self.parts: dict[int, QuantizedWeight | torch.Tensor] = {}  # row offset -> this rank's slice
+        self.weight: QuantizedWeight | None = None  # int8 mode, after finish()
+        self.fp16: torch.Tensor | None = None  # fp16 mode, after finish()
+        self.kernels = cpu_quant_ops() if dtype == torch.float32 else None
+
+    def load(self, piece: QuantizedWeight | torch.Tensor, row_offset: int) -> None:
+        """Keep this rank's slice of one checkpoint part, which starts at `row_offset` of the layer's rows."""
+        self.parts[row_offset] = piece
+
+    def finish(self, layer: ShardedLayer) -> None:
+        """Turn the collected parts into the layer's weight; without kernels, write them dequantized into
+        layer.weight and step aside (the layer then packs it for oneDNN as any fp32 layer)."""
+        pieces = [self.parts[k] for k in sorted(self.parts)]
+        self.parts = {}
+        if self.kernels is None:
+            with torch.no_grad():
+                layer.weight.copy_(torch.cat([_dense(p, self.dtype) for p in pieces]))
+            layer.quant_method = None
+            return
+        if self.mode == "int8":
+            self.weight = concat_rows([p if isinstance(p, QuantizedWeight) else quantize_int8(p) for p in pieces])
+        else:
+            self.fp16 = torch.cat([_dense(p, torch.float16) for p in pieces]).contiguous()
+        layer.weight = nn.Parameter(layer.weight.new_empty(0), requires_grad=False)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """x W^T in fp32; prefill-sized batches widen the weight once and run MKL's GEMM on it."""
+        assert self.kernels is not None
+        if x.shape[0] > KERNEL_MAX_ROWS:
+            dense = self.fp16.float() if self.fp16 is not None else self.weight.dequantize()
+            return F.linear(x, dense)
+        if self.fp16 is not None:
+            return self.kernels.fp16_linear(x, self.fp16)
+        w = self.weight
+        return self.kernels.int8_linear(x, w.q, w.scale, x.new_empty(0) if w.offset is None else w.offset)
+
+    def embedding(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of the weight for token ids (a tied embedding), dequantized."""
+        if self.fp16 is not None:
+            return F.embedding(ids, self.fp16).float()
+        w = self.weight
+        rows = QuantizedWeight(w.q[ids], w.scale[ids], None if w.offset is None else w.offset[ids])
+        return rows.dequantize()
+
+    def nbytes(self) -> int:
+        """Bytes the served weight takes."""
+        tensors = [self.fp16] if self.fp16 is not None else [self.weight.q, self.weight.scale, self.weight.offset]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def _dense(piece: QuantizedWeight | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return piece.dequantize(dtype) if isinstance(piece, QuantizedWeight) else piece.to(dtype)
+
+
+def install_quant_methods(model: nn.Module, mode: str, dtype: torch.dtype, tied_lm_head: bool) -> None:
+    """Give every linear (and a tied embedding, which is the LM head) a QuantLinearMethod before loading."""
+    if mode not in QUANTIZATION_MODES:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_MODES)}, got {mode!r}")
+    if mode == "none":
+        return
+    ok, why = quant_kernel_path()
+    if not ok or dtype != torch.float32:
+        logger.warning("--quantization %s: %s", mode, why if not ok else "kernels need float32 activations; "
+                       "weights served dequantized")
+    for module in model.modules():
+        if isinstance(module, ShardedLayer) and (type(module) is not VocabParallelEmbedding or tied_lm_head):
+            module.quant_method = QuantLinearMethod(mode, dtype)
+
+
+def finish_quant_methods(model: nn.Module) -> None:
+    """After loading: every collected layer takes its served format."""
+    for module in model.modules():
+        if isinstance(module, ShardedLayer) and module.quant_method is not None:
+            module.quant_method.finish(module)
