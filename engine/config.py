@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from engine.errors import ModelLoadError
+from engine.model.quant_modes import QUANTIZATION_MODES
 from engine.spec_decode.config import SpeculativeConfig
 
 # architecture name in config.json -> family; the family picks norm placement and QK-norm.
@@ -170,8 +171,6 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 # Batch limits per device type: CPU decode steps are compute-bound from ~16 rows (64 keeps the matmuls fed,
 # 512-token chunks keep a prefill from stalling the decodes for long); a GPU wants vLLM's order of magnitude.
-QUANTIZATION_MODES = ("none", "int8", "fp16")  # --quantization (issue 23)
-
 DEVICE_DEFAULTS: dict[str, dict[str, int]] = {
     "cpu": {"max_num_seqs": 64, "max_num_batched_tokens": 512},
     "cuda": {"max_num_seqs": 256, "max_num_batched_tokens": 8192},

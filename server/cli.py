@@ -18,8 +18,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, NoReturn
 
-from engine.config import QUANTIZATION_MODES
 from engine.errors import ModelLoadError, TensorParallelError
+from engine.model.quant_modes import QUANTIZATION_MODES
 from engine.spec_decode.config import SpeculativeConfig
 from server.limits import RequestLimits
 from server.openai.schemas import DEFAULT_MAX_REQUEST_BODY_BYTES
