@@ -40,7 +40,6 @@ class SpecDecoder:
         """Set spec_token_ids on each running decode (none from batch_limit running sequences on)."""
         for seq in running:
             seq.spec_token_ids = []
-        self.release(running)
         if len(running) >= self.batch_limit:
             return
         k = self.config.num_speculative_tokens
@@ -67,14 +66,15 @@ class SpecDecoder:
         processors = seq.params.logits_processors
         if not processors or not draft:
             return len(draft)
-        output = seq.output_token_ids
+        seen = seq.output_token_ids  # a copy, grown by each draft the processors allow
         try:
             for i, token in enumerate(draft):
                 row = self._scratch.zero_()
                 for processor in processors:
-                    row = processor([*output, *draft[:i]], row)
+                    row = processor(seen, row)
                 if row[token] == float("-inf"):
                     return i
+                seen.append(token)
         except Exception:  # the sampler meets the same error and ends the request; here: no drafts
             logger.debug("logits processor failed on a draft", exc_info=True)
             return 0
@@ -84,7 +84,7 @@ class SpecDecoder:
     def expand(seq: Sequence, row: SamplingRow) -> list[SamplingRow]:
         """The k + 1 verification rows of a drafted sequence: row i sees the output with drafts [0, i)."""
         draft = seq.spec_token_ids
-        wants_output = bool(row.output_token_ids) or row.params.min_tokens > 0
+        wants_output = bool(row.output_token_ids) or row.params.min_tokens > 0  # copied only when something reads it
         return [replace(row, output_token_ids=[*row.output_token_ids, *draft[:i]] if wants_output else [],
                         draft=draft[i] if i < len(draft) else None) for i in range(len(draft) + 1)]
 
@@ -108,10 +108,12 @@ class SpecDecoder:
                 accepted += 1
             keep.extend(range(i, i + accepted + 1))
             self.metrics.observe(len(draft), accepted)
+            before = seq.num_computed_tokens
             seq.num_computed_tokens += 1 + accepted
             kv.trim(seq.block_tables, seq.num_computed_tokens)
-            kv.cache_blocks(seq.block_tables, [*seq.token_ids, *draft[:accepted]], seq.block_hashes,
-                            seq.num_computed_tokens)
+            if seq.num_computed_tokens // kv.block_size > before // kv.block_size:  # a block filled up
+                kv.cache_blocks(seq.block_tables, [*seq.token_ids, *draft[:accepted]], seq.block_hashes,
+                                seq.num_computed_tokens)
             seq.spec_token_ids = []
             i += len(draft) + 1
         if len(keep) == len(seqs):

@@ -42,9 +42,16 @@ def test_drafted_rows_sample_the_target_distribution(draft, temperature, top_k):
     assert chi2 < 35, (chi2, counts)  # <= 7 degrees of freedom: p(chi2 > 35) is below 2e-5
 
 
-def test_a_statistic_that_ignored_the_residual_would_fail():
-    # the check above can fail: keeping every draft (no rejection) is far from the target
-    counts = Counter({5: N})
+def test_a_sampler_that_kept_every_draft_would_fail_the_check(monkeypatch):
+    def keep_all(probs, rows, drafted):
+        keep = torch.zeros(len(probs), dtype=torch.bool)
+        keep[drafted] = True
+        drafts = torch.full((len(probs),), -1, dtype=torch.long)
+        drafts[drafted] = torch.tensor([r.draft for r in rows])
+        return keep, drafts
+
+    monkeypatch.setattr(Sampler, "_accept_drafts", staticmethod(keep_all))
+    counts = drafted_draws(5, temperature=0.7)
     expected = target(0.7) * N
     assert sum((counts[t] - expected[t].item()) ** 2 / expected[t].item() for t in range(len(LOGITS))) > 35
 
