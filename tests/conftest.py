@@ -8,7 +8,7 @@ from pathlib import Path
 
 # Triton kernels run through Triton's interpreter on every host, a GPU host too: the tests build CPU tensors
 # (compiled kernels would get host pointers there); benchmarks/gpu_check.py is where kernels meet a GPU. The
-# interpreter is chosen when a kernel is decorated, so before any test module imports kernels/.
+# interpreter is chosen when a kernel is decorated, so before any test module imports exaone_kernels/.
 os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest

@@ -1,5 +1,5 @@
 """The project's import graph: no circle (none hidden in a function body or under TYPE_CHECKING), imports
-only go down (kernels <- engine <- server; benchmarks and clients on top), and every module imports."""
+only go down (exaone_kernels <- engine <- server; benchmarks and clients on top), and every module imports."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("engine", "kernels", "server", "clients", "benchmarks")
+PACKAGES = ("engine", "exaone_kernels", "server", "clients", "benchmarks")
 # What each top-level package must never import.
 FORBIDDEN = {
-    "kernels": {"engine", "server", "benchmarks", "clients"},
+    "exaone_kernels": {"engine", "server", "benchmarks", "clients"},
     "engine": {"server", "benchmarks", "clients"},
     "server": {"benchmarks", "clients"},
 }

@@ -8,8 +8,8 @@ import torch
 from benchmarks.gpu.common import Checker, Shapes, advance, build_runner, decode_batch, new_seq, prefill
 from engine.attention.testing import make_case, run_reference, run_triton
 from engine.attention.triton_backend import TritonAttentionBackend
-from kernels import fused, reference
-from kernels.cache import write_kv_cache
+from exaone_kernels import fused, reference
+from exaone_kernels.cache import write_kv_cache
 
 TOL = 2e-2  # bf16 against fp32 (fp16 in the dry run)
 

@@ -12,7 +12,7 @@ from engine.attention.triton_backend import TritonAttentionBackend
 from engine.core.sequence import Sequence
 from engine.kv.kv_cache import ring_size
 from engine.runner.model_runner import ModelRunner
-from kernels.attention import paged_attention
+from exaone_kernels.attention import paged_attention
 
 
 def decode_case(s: Shapes, batch: int, context: int, window: int | None, device: torch.device,

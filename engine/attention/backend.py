@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from kernels import reference
+from exaone_kernels import reference
 
 
 @dataclass
@@ -40,7 +40,7 @@ class AttentionBackend(ABC):
     """Writes a layer's new K/V into its cache and attends over what the cache holds.
 
     A backend also brings the fused small ops the model runs around attention; by default their
-    torch twins (kernels.reference), which are what the CPU path runs.
+    torch twins (exaone_kernels.reference), which are what the CPU path runs.
     """
 
     rms_norm = staticmethod(reference.rms_norm)

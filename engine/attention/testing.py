@@ -10,8 +10,8 @@ import torch
 from engine.attention.backend import AttentionMetadata, KVLayout
 from engine.attention.torch_backend import TorchAttentionBackend
 from engine.kv.kv_cache import ring_size
-from kernels.attention import SplitKScratch, paged_attention
-from kernels.cache import write_kv_cache
+from exaone_kernels.attention import SplitKScratch, paged_attention
+from exaone_kernels.cache import write_kv_cache
 
 
 @dataclass

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from engine.attention.backend import AttentionBackend, AttentionMetadata, KVLayout
 from engine.attention.paged_decode import InPlaceDecode
-from kernels import reference
+from exaone_kernels import reference
 
 
 def key_positions(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int,

@@ -7,9 +7,9 @@ import os
 import torch
 
 from engine.attention.backend import AttentionBackend, AttentionMetadata, KVLayout
-from kernels import fused
-from kernels.attention import SplitKScratch, paged_attention
-from kernels.cache import write_kv_cache
+from exaone_kernels import fused
+from exaone_kernels.attention import SplitKScratch, paged_attention
+from exaone_kernels.cache import write_kv_cache
 
 SPLIT_K_SEGMENTS = 16
 # A decode in a step with a prefill chunk gets its own split-K launch from this context on: otherwise its

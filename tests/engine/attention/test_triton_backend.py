@@ -10,7 +10,7 @@ from engine.attention.selector import make_attention_backend
 from engine.attention.testing import make_case, run_reference
 from engine.attention.torch_backend import TorchAttentionBackend
 from engine.attention.triton_backend import TritonAttentionBackend
-from kernels.attention import paged_attention
+from exaone_kernels.attention import paged_attention
 
 
 def test_triton_backend_matches_torch_backend_and_transformers(tiny_models):

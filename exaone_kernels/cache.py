@@ -30,7 +30,7 @@ def _write_kv_kernel(k, v, k_cache, v_cache, slot_mapping, stride_kt, stride_kh,
 def write_kv_cache(k: torch.Tensor, v: torch.Tensor, kv_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     """k, v: [num_tokens, kv_heads, dim] (rows may be strided) into kv_cache [2, blocks, block_size, kv_heads, dim].
 
-    Twin: kernels.reference.write_kv_cache.
+    Twin: exaone_kernels.reference.write_kv_cache.
     """
     num_tokens, num_kv_heads, head_dim = k.shape
     if num_tokens == 0:

@@ -2,8 +2,8 @@
 
 import torch
 
-from kernels import reference
-from kernels.cache import write_kv_cache
+from exaone_kernels import reference
+from exaone_kernels.cache import write_kv_cache
 
 
 def test_write_matches_twin_and_skips_padding():

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels.attention import dot_input_precision
+from exaone_kernels.attention import dot_input_precision
 
-KERNELS = sorted((Path(__file__).resolve().parents[2] / "kernels").glob("*.py"))
+KERNELS = sorted((Path(__file__).resolve().parents[2] / "exaone_kernels").glob("*.py"))
 
 
 def calls(tree: ast.AST, name: str) -> list[ast.Call]:
@@ -44,7 +44,7 @@ def test_tests_run_the_kernels_in_the_interpreter_on_any_host():
     """The suite's tensors live on the CPU, so its kernels must be interpreted even where CUDA is present."""
     from triton.runtime.interpreter import InterpretedFunction
 
-    from kernels import attention, cache, fused
+    from exaone_kernels import attention, cache, fused
 
     for kernel in (attention._paged_attention_kernel, cache._write_kv_kernel, fused._rms_norm_kernel):
         assert isinstance(kernel, InterpretedFunction)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engine.attention.testing import make_case, run_reference, run_triton
-from kernels.attention import paged_attention
+from exaone_kernels.attention import paged_attention
 
 # (contexts, new tokens per sequence): decodes first, then prefill chunks.
 BATCHES = {

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels import fused, reference
+from exaone_kernels import fused, reference
 
 
 def assert_close(out, expected):

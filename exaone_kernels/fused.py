@@ -1,4 +1,4 @@
-"""Fused elementwise kernels: RMSNorm (+ residual add), QK-norm + RoPE, SwiGLU. Twins: kernels.reference."""
+"""Fused elementwise kernels: RMSNorm (+ residual add), QK-norm + RoPE, SwiGLU. Twins: exaone_kernels.reference."""
 
 from __future__ import annotations
 
