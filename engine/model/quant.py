@@ -113,7 +113,8 @@ class QuantLinearMethod:
             layer.quant_method = None
             return
         if self.mode == "int8":
-            self.weight = concat_rows([p if isinstance(p, QuantizedWeight) else quantize_int8(p) for p in pieces])
+            self.weight = concat_rows([p if isinstance(p, QuantizedWeight) else quantize_int8(_dense(p, torch.float32))
+                                       for p in pieces])
         else:
             self.fp16 = torch.cat([_dense(p, torch.float16) for p in pieces]).contiguous()
         layer.weight = nn.Parameter(layer.weight.new_empty(0), requires_grad=False)
@@ -144,7 +145,8 @@ class QuantLinearMethod:
 
 
 def _dense(piece: QuantizedWeight | torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return piece.dequantize(dtype) if isinstance(piece, QuantizedWeight) else piece.to(dtype)
+    # anything not a tensor is a checkpoint format's weight (QuantizedWeight, an FP8 one) and dequantizes itself
+    return piece.to(dtype) if isinstance(piece, torch.Tensor) else piece.dequantize(dtype)
 
 
 def install_quant_methods(model: nn.Module, mode: str, dtype: torch.dtype, tied_lm_head: bool) -> None:
