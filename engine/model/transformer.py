@@ -169,9 +169,11 @@ class HybridTransformer(nn.Module):
                         device: torch.device, max_len: int, progress: bool = False,
                         quantization: str = "none") -> HybridTransformer:
         """Build the model on `device` and load its weights (this rank's slices in a tensor-parallel group);
-        with `quantization` (engine.model.quant) the linears keep 8- or 16-bit weights."""
-        from engine.model.loader import (
-            iter_weights,  # here, so the model imports without gguf (GPU check image)
+        with `quantization` (engine.model.quant) the linears keep 8- or 16-bit weights; on CUDA a quantized
+        checkpoint's linears stay as stored (engine.model.quant_cuda)."""
+        from engine.model.loader import (  # here, so the model imports without gguf (GPU check image)
+            checkpoint_quantization,
+            iter_weights,
         )
 
         default_dtype = torch.get_default_dtype()
@@ -183,8 +185,17 @@ class HybridTransformer(nn.Module):
             torch.set_default_dtype(default_dtype)
         if quantization != "none" and device.type != "cpu":
             raise ValueError(f"--quantization {quantization} is for the CPU path")
-        install_quant_methods(model, quantization, dtype, cfg.tie_word_embeddings)
-        model.load_weights(iter_weights(path, dtype, progress=progress, keep_quantized=quantization == "int8"))
+        keep_quantized = quantization == "int8"
+        if device.type == "cuda" and checkpoint_quantization(path) is not None:
+            from engine.model.quant_cuda import (
+                install_cuda_quant_methods,  # here: it imports triton, which only the GPU path installs
+            )
+
+            install_cuda_quant_methods(model)
+            keep_quantized = True
+        else:
+            install_quant_methods(model, quantization, dtype, cfg.tie_word_embeddings)
+        model.load_weights(iter_weights(path, dtype, progress=progress, keep_quantized=keep_quantized))
         finish_quant_methods(model)
         return model.eval()
 
