@@ -205,10 +205,11 @@ def _counted(items: Iterator[tuple[str, Any]], path: Path, progress: bool) -> It
 
 
 def iter_weights(path: Path, dtype: torch.dtype, progress: bool = False,
-                 keep_quantized: bool = False) -> Iterator[tuple[str, CheckpointWeight]]:
+                 keep_quantized: bool = False, dense_act_order: bool = False) -> Iterator[tuple[str, CheckpointWeight]]:
     """Yield (HF name, CPU tensor cast to dtype) for every weight; progress=True shows a tqdm bar (per stored
     tensor). keep_quantized: GGUF blocks that fit engine.model.quant.QuantizedWeight come as one, and a
-    quantized safetensors checkpoint's linears (engine.model.quant_formats) as QuantizedWeight or Fp8Weight."""
+    quantized safetensors checkpoint's linears (engine.model.quant_formats) as QuantizedWeight or Fp8Weight;
+    GPTQ act-order ones then only with dense_act_order (dequantized: CUDA serves them in 16 bits)."""
     if _is_gguf(path):
         yield from _counted(gguf_weights(path, dtype, keep_quantized), path, progress)
         return
@@ -218,7 +219,7 @@ def iter_weights(path: Path, dtype: torch.dtype, progress: bool = False,
         # Integer buffers (if any) keep their dtype; casting them would corrupt them.
         yield from ((n, t.to(dtype) if t.is_floating_point() else t) for n, t in raw)
         return
-    yield from quantized_stream(raw, _safetensors_names(path), spec, dtype, keep_quantized)
+    yield from quantized_stream(raw, _safetensors_names(path), spec, dtype, keep_quantized, dense_act_order)
 
 
 def tokenizer_path(path: Path) -> Path:

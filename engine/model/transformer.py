@@ -185,17 +185,18 @@ class HybridTransformer(nn.Module):
             torch.set_default_dtype(default_dtype)
         if quantization != "none" and device.type != "cpu":
             raise ValueError(f"--quantization {quantization} is for the CPU path")
-        keep_quantized = quantization == "int8"
+        keep_quantized, on_cuda = quantization == "int8", False
         if device.type == "cuda" and checkpoint_quantization(path) is not None:
             from engine.model.quant_cuda import (
                 install_cuda_quant_methods,  # here: it imports triton, which only the GPU path installs
             )
 
             install_cuda_quant_methods(model)
-            keep_quantized = True
+            keep_quantized = on_cuda = True
         else:
             install_quant_methods(model, quantization, dtype, cfg.tie_word_embeddings)
-        model.load_weights(iter_weights(path, dtype, progress=progress, keep_quantized=keep_quantized))
+        model.load_weights(iter_weights(path, dtype, progress=progress, keep_quantized=keep_quantized,
+                                        dense_act_order=on_cuda))
         finish_quant_methods(model)
         return model.eval()
 

@@ -46,9 +46,9 @@ def awq_weight(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor
 
 
 def gptq_weight(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor | None,
-                zero_offset: int, keep_quantized: bool, name: str) -> QuantizedWeight | torch.Tensor:
-    """One GPTQ linear as a QuantizedWeight [N, K]; act-order weights (g_idx not k // group) come dequantized
-    in fp32 when keep_quantized is False and are refused otherwise (their groups are not column runs)."""
+                zero_offset: int, refuse_act_order: bool, name: str) -> QuantizedWeight | torch.Tensor:
+    """One GPTQ linear as a QuantizedWeight [N, K]; act-order weights (g_idx not k // group: their groups are
+    not column runs) come dequantized in fp32, or are refused with refuse_act_order (the CPU's int8 mode)."""
     k = qweight.shape[0] * 8
     q_nk = unpack_last_dim(qweight.T, SEQUENTIAL)  # [N, K]: GPTQ packs K, so unpack the transpose
     zeros = unpack_last_dim(qzeros, SEQUENTIAL).to(torch.int16) + zero_offset  # [G, N]
@@ -59,7 +59,7 @@ def gptq_weight(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tenso
     in_order = torch.arange(k) // (k // groups)
     if g_idx is None or torch.equal(g_idx.long(), in_order):
         return _quantized(q_nk, zeros, scales)
-    if keep_quantized:
+    if refuse_act_order:
         raise ModelLoadError(f"{name}: GPTQ act-order (desc_act) weights scatter each group over the input "
                              "columns, so they do not load into int8 groups; run with --quantization none "
                              "(dequantized to fp32, exact)")

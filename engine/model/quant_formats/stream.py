@@ -43,19 +43,21 @@ def quantized_modules(names: Iterable[str], spec: CheckpointQuant) -> dict[str, 
 
 
 def _combine(module: str, parts: dict[str, torch.Tensor], spec: CheckpointQuant,
-             keep_quantized: bool) -> CheckpointWeight:
+             refuse_act_order: bool) -> CheckpointWeight:
     if spec.method == "awq":
         return awq_weight(parts["qweight"], parts["qzeros"], parts["scales"])
     if spec.method == "gptq":
         return gptq_weight(parts["qweight"], parts["qzeros"], parts["scales"], parts.get("g_idx"), spec.zero_offset,
-                           keep_quantized, module)
+                           refuse_act_order, module)
     scale = next(parts[s] for s in _FP8_SCALES if s in parts)
     return fp8_weight(parts["weight"], scale, parts.get("input_scale"), spec.weight_block, module)
 
 
 def quantized_stream(weights: Iterable[tuple[str, torch.Tensor]], names: Iterable[str], spec: CheckpointQuant,
-                     dtype: torch.dtype, keep_quantized: bool) -> Iterator[tuple[str, CheckpointWeight]]:
-    """Raw (name, tensor) pairs in, model-ready ones out: quantized modules combined, the rest cast to dtype."""
+                     dtype: torch.dtype, keep_quantized: bool,
+                     dense_act_order: bool = False) -> Iterator[tuple[str, CheckpointWeight]]:
+    """Raw (name, tensor) pairs in, model-ready ones out: quantized modules combined, the rest cast to dtype.
+    GPTQ act-order weights kept quantized are refused unless dense_act_order lets them come dequantized."""
     expected = quantized_modules(names, spec)
     pending: dict[str, dict[str, torch.Tensor]] = {}
     for name, tensor in weights:
@@ -67,7 +69,7 @@ def quantized_stream(weights: Iterable[tuple[str, torch.Tensor]], names: Iterabl
         got[part] = tensor
         if set(got) != expected[module]:
             continue
-        weight = _combine(module, pending.pop(module), spec, keep_quantized)
+        weight = _combine(module, pending.pop(module), spec, keep_quantized and not dense_act_order)
         if not keep_quantized:
             weight = weight.to(dtype) if isinstance(weight, torch.Tensor) else weight.dequantize(dtype)
         yield f"{module}.weight", weight

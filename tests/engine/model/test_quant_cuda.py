@@ -4,12 +4,16 @@ dequantized matmul, and the dequantized fallback where no served format fits."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from fixtures_quant_formats import awq_tensors, fp8_tensors, gptq_tensors
 
+from engine.errors import ModelLoadError
 from engine.model.quant_cuda import FP8_MAX, CudaQuantMethod
 from engine.model.quant_formats.fp8 import fp8_weight
 from engine.model.quant_formats.int4 import awq_weight, gptq_weight
+from engine.model.quant_formats.spec import checkpoint_quant
+from engine.model.quant_formats.stream import quantized_stream
 from engine.parallel.layers import ColumnParallelLinear
 
 
@@ -59,3 +63,15 @@ def test_where_no_format_fits_the_weight_is_served_dequantized() -> None:
     layer = _layer(64, [block, plain])
     assert layer.quant_method is None
     assert torch.equal(layer.weight, torch.cat([dense, plain]))
+
+
+def test_act_order_gptq_reaches_the_cuda_methods_dequantized() -> None:
+    gptq, dense = gptq_tensors(torch.randn(16, 64) * 0.1, 32, act_order=True)
+    raw = [(f"m.{part}", t) for part, t in gptq.items()]
+    spec = checkpoint_quant({"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 32}})
+    with pytest.raises(ModelLoadError, match="act-order"):
+        list(quantized_stream(raw, [n for n, _ in raw], spec, torch.bfloat16, keep_quantized=True))
+    (name, weight), = quantized_stream(raw, [n for n, _ in raw], spec, torch.bfloat16, keep_quantized=True,
+                                       dense_act_order=True)
+    assert name == "m.weight"
+    assert torch.equal(_layer(64, [weight]).weight, dense)  # the fallback path serves it
