@@ -13,6 +13,7 @@ from engine.model.quant_formats.fp8 import Fp8Weight
 from engine.parallel.layers import ColumnParallelLinear
 from exaone_kernels import fused, reference
 from exaone_kernels.cache import write_kv_cache
+from exaone_kernels.fp8_block import fp8_block_matmul, fp8_block_reference
 from exaone_kernels.w4a16 import pack_w4, w4a16_matmul, w4a16_reference
 
 TOL = 2e-2  # bf16 against fp32 (fp16 in the dry run)
@@ -64,8 +65,9 @@ def check_accuracy(s: Shapes, device: torch.device, checker: Checker) -> list[di
 
 
 def check_quantized_gemms(device: torch.device, checker: Checker) -> list[dict]:
-    """(a) AWQ/GPTQ's W4A16 GEMM in bf16 against its fp32 twin (decode and prefill rows, 128-column groups),
-    and FP8 _scaled_mm (per-token activation scales) against the fp32 matmul of the same FP8 values."""
+    """(a) AWQ/GPTQ's W4A16 GEMM and the block-scaled FP8 GEMM in bf16 against their fp32 twins (decode and
+    prefill rows, 128-column groups / 128x128 blocks), and FP8 _scaled_mm (per-token activation scales) against
+    the fp32 matmul of the same FP8 values."""
     g = torch.Generator().manual_seed(1)
     n, k = 1024, 2048
     qweight = pack_w4(torch.randint(0, 16, (n, k), generator=g)).to(device)
@@ -76,6 +78,11 @@ def check_quantized_gemms(device: torch.device, checker: Checker) -> list[dict]:
         x = torch.randn(m, k, generator=g).to(device, half(device))
         rows.append(checker.row(w4a16_matmul(x, qweight, scales, offsets),
                                 w4a16_reference(x.float(), qweight, scales, offsets), TOL, kernel=f"w4a16 gemm m={m}"))
+    w8 = (torch.randn(n, k, generator=g) * 30).to(device, torch.float8_e4m3fn)
+    block_scales = (torch.rand(n // 128, k // 128, generator=g) * 1e-3 + 1e-4).to(device)
+    x = torch.randn(16, k, generator=g).to(device, half(device))
+    rows.append(checker.row(fp8_block_matmul(x, w8, block_scales, (128, 128)),
+                            fp8_block_reference(x.float(), w8, block_scales, (128, 128)), TOL, kernel="fp8 block gemm"))
     if not fp8_matmul_supported(device):
         return rows
     w = (torch.randn(n, k, generator=g) * 0.05).to(device)

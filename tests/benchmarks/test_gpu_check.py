@@ -59,9 +59,9 @@ def test_a_perturbed_side_fails_every_correctness_row_and_the_run(tmp_path):
     assert proc.returncode == 1, proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     rows = [row for key in ("a", "a2", "a3") for row in report[key]]
-    assert len(rows) == len(report["failed"]) == 10 + 2 + 8  # (a): 7 kernels, 2 W4A16 rows, 1 FP8 row
+    assert len(rows) == len(report["failed"]) == 11 + 2 + 8  # (a): 7 kernels, 2 W4A16 rows, 2 FP8 rows
     assert not any(row["ok"] for row in rows)
-    assert "20 correctness rows FAILED" in proc.stdout
+    assert "21 correctness rows FAILED" in proc.stdout
 
 
 def test_refuses_to_run_full_size_without_a_gpu():

@@ -56,11 +56,24 @@ def test_fp8_runs_through_scaled_mm_with_dynamic_and_static_activation_scales() 
         torch.testing.assert_close(layer(x), want, rtol=1e-4, atol=1e-5)
 
 
+def test_block_fp8_parts_run_through_the_block_gemm() -> None:
+    g = torch.Generator().manual_seed(5)
+    pieces, denses = [], []
+    for rows in (64, 32):
+        tensors, dense = fp8_tensors(torch.randn(rows, 96, generator=g) * 0.1, "block")
+        pieces.append(fp8_weight(tensors["weight"], tensors["weight_scale_inv"], None, (32, 32), "m"))
+        denses.append(dense)
+    layer = _layer(96, pieces)
+    assert layer.quant_method.fp8_block is not None and layer.weight.numel() == 0
+    x = torch.randn(4, 96, generator=g)
+    torch.testing.assert_close(layer(x), x @ torch.cat(denses).T, rtol=1e-5, atol=1e-6)
+
+
 def test_where_no_format_fits_the_weight_is_served_dequantized() -> None:
     tensors, dense = fp8_tensors(torch.randn(64, 64) * 0.1, "block")
     block = fp8_weight(tensors["weight"], tensors["weight_scale_inv"], None, (32, 32), "m")
     plain = torch.randn(16, 64)
-    layer = _layer(64, [block, plain])
+    layer = _layer(64, [block, plain])  # an FP8 part beside a plain one: no one format holds both
     assert layer.quant_method is None
     assert torch.equal(layer.weight, torch.cat([dense, plain]))
 
