@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from exaone_kernels.attention import dot_input_precision
+from exaone_kernels.gemm_tiles import BLOCK_N, store_tile, tile_rows_cols, tiles
 
 BLOCK_K = 32  # scale blocks must span a multiple of it along K, so one K tile reads one scale per column
 
@@ -28,10 +29,7 @@ def fp8_block_reference(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, 
 def _fp8_block_kernel(out, x, w, scales, M, N, K, stride_xm, stride_om, stride_s,
                       SCALE_N: tl.constexpr, SCALE_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                       BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows, cols = tile_rows_cols(BLOCK_M, BLOCK_N)
     row_ok, col_ok = rows < M, cols < N
     ks = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -42,8 +40,7 @@ def _fp8_block_kernel(out, x, w, scales, M, N, K, stride_xm, stride_om, stride_s
         wt = tl.load(w + cols[None, :] * K + kk[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
         s = tl.load(scales + (cols // SCALE_N) * stride_s + k0 // SCALE_K, mask=col_ok, other=0.0)
         acc += tl.dot(a, (wt.to(tl.float32) * s[None, :]).to(a.dtype), input_precision=PRECISION)
-    tl.store(out + rows[:, None] * stride_om + cols[None, :], acc.to(out.dtype.element_ty),
-             mask=row_ok[:, None] & col_ok[None, :])
+    store_tile(out, acc, rows, cols, M, N, stride_om)
 
 
 def fp8_block_matmul(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, block: tuple[int, int]) -> torch.Tensor:
@@ -55,9 +52,8 @@ def fp8_block_matmul(x: torch.Tensor, w: torch.Tensor, scales: torch.Tensor, blo
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    block_m = 16 if m <= 16 else 64
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, 64))
+    block_m, grid = tiles(m, n)
     _fp8_block_kernel[grid](out, x, w, scales, m, n, k, x.stride(0), out.stride(0), scales.stride(0),
-                            SCALE_N=block[0], SCALE_K=block[1], BLOCK_M=block_m, BLOCK_N=64, BLOCK_K=BLOCK_K,
+                            SCALE_N=block[0], SCALE_K=block[1], BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
                             PRECISION=dot_input_precision(x.dtype))
     return out

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from exaone_kernels.attention import dot_input_precision
+from exaone_kernels.gemm_tiles import BLOCK_N, store_tile, tile_rows_cols, tiles
 
 BLOCK_K = 32  # groups must be multiples of it, so one K tile reads one row of scales
 
@@ -44,10 +45,7 @@ def w4a16_reference(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
 def _w4a16_kernel(out, x, qweight, scales, offsets, M, N, K, stride_xm, stride_om,
                   GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                   PRECISION: tl.constexpr):
-    pid_m = tl.program_id(0).to(tl.int64)
-    pid_n = tl.program_id(1).to(tl.int64)
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows, cols = tile_rows_cols(BLOCK_M, BLOCK_N)
     row_ok, col_ok = rows < M, cols < N
     ks = tl.arange(0, BLOCK_K)
     shifts = (ks % 8) * 4
@@ -62,8 +60,7 @@ def _w4a16_kernel(out, x, qweight, scales, offsets, M, N, K, stride_xm, stride_o
         o = tl.load(offsets + g * N + cols, mask=col_ok, other=0.0)
         w = codes.to(tl.float32) * s[None, :] + o[None, :]
         acc += tl.dot(a, w.to(a.dtype), input_precision=PRECISION)
-    tl.store(out + rows[:, None] * stride_om + cols[None, :], acc.to(out.dtype.element_ty),
-             mask=row_ok[:, None] & col_ok[None, :])
+    store_tile(out, acc, rows, cols, M, N, stride_om)
 
 
 def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
@@ -76,8 +73,7 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, o
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     if m == 0:
         return out
-    block_m = 16 if m <= 16 else 64  # decode rows fill one tile; tl.dot wants at least 16
-    grid = (triton.cdiv(m, block_m), triton.cdiv(n, 64))
+    block_m, grid = tiles(m, n)
     _w4a16_kernel[grid](out, x, qweight, scales, offsets, m, n, k, x.stride(0), out.stride(0), GROUP=group,
-                        BLOCK_M=block_m, BLOCK_N=64, BLOCK_K=BLOCK_K, PRECISION=dot_input_precision(x.dtype))
+                        BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, PRECISION=dot_input_precision(x.dtype))
     return out
