@@ -143,6 +143,7 @@ def write_quantized(model_dir: Path, root: Path, fmt: str) -> tuple[Path, Path, 
             quantized[name] = t
             if name == "lm_head.weight" or (tied and name == "model.embed_tokens.weight"):
                 int8_twin[name] = quantize_int8(t).dequantize()
+    root.mkdir(parents=True, exist_ok=True)
     paths = (root / fmt, root / f"{fmt}-twin", root / f"{fmt}-int8-twin")
     for path, weights, qconfig in zip(paths, (quantized, twin, int8_twin), (FORMATS[fmt], None, None), strict=True):
         _copy_files(model_dir, path, qconfig)

@@ -27,7 +27,9 @@ SERVED = ("awq", "gptq", "fp8_tensor", "fp8_block", "fp8_channel")
 @pytest.fixture(scope="module")
 def checkpoints(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, ...]]:
     root = tmp_path_factory.mktemp("quant_formats")
-    return {fmt: write_quantized(tiny_models["exaone_hybrid"], root, fmt) for fmt in (*SERVED, "gptq_act_order")}
+    made = {fmt: write_quantized(tiny_models["exaone_hybrid"], root, fmt) for fmt in (*SERVED, "gptq_act_order")}
+    made["awq_tied"] = write_quantized(tiny_models["exaone_global"], root / "tied", "awq")  # the 1.2B's tied head
+    return made
 
 
 @pytest.mark.parametrize(("n", "k", "group"), [(16, 64, 32), (40, 128, 128), (8, 96, 32)])
@@ -102,7 +104,7 @@ def test_each_format_matches_its_dequantized_twin(checkpoints, fmt: str) -> None
 
 
 @needs_kernels
-@pytest.mark.parametrize("fmt", SERVED)
+@pytest.mark.parametrize("fmt", [*SERVED, "awq_tied"])
 def test_each_format_serves_int8_groups_and_matches_its_twin(checkpoints, fmt: str) -> None:
     quantized, _, int8_twin = checkpoints[fmt]
     prompts = random_prompts(49152, [9, 23], seed=9)
@@ -120,6 +122,16 @@ def test_each_format_composes_with_tensor_parallel(checkpoints, fmt: str) -> Non
     reference = _greedy(LLM(model=str(int8_twin), progress=False, **ENGINE_ARGS), prompts)
     tp = LLM(model=str(quantized), progress=False, quantization="int8", tensor_parallel_size=2, **ENGINE_ARGS)
     _assert_same(_greedy(tp, prompts), reference)
+
+
+@needs_kernels
+def test_a_4bit_format_composes_with_compile(checkpoints) -> None:
+    quantized, _, int8_twin = checkpoints["gptq"]
+    prompts = random_prompts(49152, [9, 23], seed=13)
+    reference = _greedy(LLM(model=str(int8_twin), progress=False, **ENGINE_ARGS), prompts)
+    compiled = LLM(model=str(quantized), progress=False, quantization="int8", compile=True, **ENGINE_ARGS)
+    assert _int8_groups(compiled) == {32}
+    _assert_same(_greedy(compiled, prompts), reference)
 
 
 @pytest.mark.parametrize("fmt", ["awq", "gptq", "fp8_channel"])
