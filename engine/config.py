@@ -192,6 +192,7 @@ class EngineConfig:
     scheduling_policy: str = "mode-aware"  # "fcfs" | "priority" | "mode-aware" (see engine/core/scheduler.py)
     fast_lane_max_tokens: int = 1024  # mode-aware: requests without reasoning and at most this max_tokens
     fast_lane_max_wait_s: float = 60.0  # mode-aware: any request this old ranks with the fast lane (no starvation)
+    fast_lane_slots: int = 2  # mode-aware: quick requests may run beyond max_num_seqs by this many, not preempting
     attention_backend: str = "auto"  # auto: triton on CUDA, torch elsewhere
     enforce_eager: bool = False  # True: no CUDA graphs for decode batches, no compiled CPU decode attention
     prepack_weights: bool = True  # CPU: linear weights in oneDNN's packed layout (~2x faster decode matmuls)
@@ -204,6 +205,8 @@ class EngineConfig:
         if self.scheduling_policy not in SCHEDULING_POLICIES:
             raise ValueError(f"scheduling_policy must be one of {', '.join(SCHEDULING_POLICIES)}, "
                              f"got {self.scheduling_policy!r}")
+        if self.fast_lane_slots < 0:
+            raise ValueError(f"fast_lane_slots must be 0 or more, got {self.fast_lane_slots}")
         if self.quantization not in QUANTIZATION_MODES:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_MODES)}, got {self.quantization!r}")
         if self.compile and self.tensor_parallel_size > 1:
@@ -212,6 +215,12 @@ class EngineConfig:
         if self.speculative_config is not None and self.tensor_parallel_size > 1:
             # verification steps desynchronised the ranks (a gloo recv timed out): refused until fixed
             raise ValueError("--speculative-config cannot be combined with --tensor-parallel-size yet")
+
+    @property
+    def max_running_seqs(self) -> int:
+        """Most sequences a step can hold: max_num_seqs, plus the fast lane's headroom under mode-aware."""
+        assert self.max_num_seqs is not None, "fill_device_defaults first"
+        return self.max_num_seqs + (self.fast_lane_slots if self.scheduling_policy == "mode-aware" else 0)
 
     def fill_device_defaults(self, device: torch.device) -> None:
         """Set the batch limits left unset to the defaults of this device type."""

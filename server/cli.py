@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--fast-lane-max-wait", dest="fast_lane_max_wait_s", type=_non_negative_float,
                         help="mode-aware: a reasoning request this many seconds old ranks with quick ones, so it "
                              "is never starved (default 60)")
+    common.add_argument("--fast-lane-slots", type=_non_negative_int,
+                        help="mode-aware: quick requests may run this many beyond --max-num-seqs instead of "
+                             "preempting a reasoning one (default 2)")
     common.add_argument("--attention-backend", choices=("auto", "torch", "triton"),
                         help="auto (default): triton on CUDA, torch on CPU")
     common.add_argument("--enforce-eager", action="store_true", default=None,
@@ -240,7 +243,7 @@ def _device(name: str) -> str:
 def _engine_args(args: argparse.Namespace) -> dict[str, Any]:
     names = ("max_model_len", "max_num_seqs", "max_num_batched_tokens", "block_size", "kv_cache_memory",
              "gpu_memory_utilization", "tensor_parallel_size", "enable_prefix_caching", "scheduling_policy",
-             "fast_lane_max_wait_s", "attention_backend", "enforce_eager", "prepack_weights", "compile",
+             "fast_lane_max_wait_s", "fast_lane_slots", "attention_backend", "enforce_eager", "prepack_weights", "compile",
              "speculative_config", "quantization")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 

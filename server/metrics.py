@@ -46,8 +46,19 @@ class EngineStatsCollector(Collector):
         yield blocks
         yield GaugeMetricFamily("exaone:server_draining", "1 while the server drains after SIGTERM/SIGINT, else 0.",
                                 value=int(stats.get("draining", False)))
-        yield CounterMetricFamily("exaone:num_preemptions", "Sequences preempted (recomputed later).",
-                                  value=stats["num_preemptions"])
+        preemptions = CounterMetricFamily("exaone:num_preemptions", "Sequences preempted, by cause: memory (a "
+                                          "running one could not grow), policy (a waiting one took its place).",
+                                          labels=["cause"])
+        for cause, count in stats["num_preemptions_by_cause"].items():
+            preemptions.add_metric([cause], count)
+        yield preemptions
+        yield CounterMetricFamily("exaone:num_recomputed_tokens",
+                                  "Tokens preempted sequences had computed that the prefix cache no longer held.",
+                                  value=stats["num_recomputed_tokens"])
+        yield GaugeMetricFamily("exaone:fast_lane_running", "Quick requests running in the fast lane's headroom "
+                                "(beyond --max-num-seqs).", value=stats["fast_lane_running"])
+        yield GaugeMetricFamily("exaone:fast_lane_slots", "The fast lane's headroom (--fast-lane-slots).",
+                                value=stats["fast_lane_slots"])
         yield CounterMetricFamily("exaone:prefix_cache_queries", "Prompt tokens looked up in the prefix cache.",
                                   value=stats["prefix_cache_queries"])
         yield CounterMetricFamily("exaone:prefix_cache_hits", "Prompt tokens the prefix cache supplied.",

@@ -47,14 +47,19 @@ def server_view(samples: list[dict[str, float]]) -> dict[str, Any] | None:
     """Peaks of our server's gauges over the run, and the preemptions it counted."""
     if not samples:
         return None
-    peak = {k: max(s.get(k, 0.0) for s in samples) for k in ("running", "waiting", "kv_usage")}
-    preempt = [s["preemptions"] for s in samples if "preemptions" in s]
+    peak = {k: max(s.get(k, 0.0) for s in samples) for k in ("running", "waiting", "kv_usage", "fast_lane")}
+
+    def counted(key: str) -> float | None:  # a counter's growth over the run
+        values = [s[key] for s in samples if key in s]
+        return values[-1] - values[0] if values else None
+
     spec = [(s["spec_drafts"], s["spec_accepted"]) for s in samples if "spec_drafts" in s]
     drafts = spec[-1][0] - spec[0][0] if spec else 0
     # speculative decoding: tokens per verified draft step, the accepted drafts plus the target's own
     acceptance = 1 + (spec[-1][1] - spec[0][1]) / drafts if drafts else None
     return {**{f"{k}_max": v for k, v in peak.items()},
-            "preemptions": preempt[-1] - preempt[0] if preempt else None, "samples": len(samples),
+            "preemptions": counted("preemptions"), "preemptions_memory": counted("preemptions_memory"),
+            "preemptions_policy": counted("preemptions_policy"), "samples": len(samples),
             "spec_drafts": drafts if spec else None, "mean_acceptance_length": acceptance}
 
 
@@ -140,7 +145,9 @@ def markdown(summary: dict[str, Any], plots: list[str]) -> str:
     if summary["server"]:
         sv = summary["server"]
         lines.append(f"Server (/metrics): running max {sv['running_max']:.0f}, waiting max {sv['waiting_max']:.0f}, "
-                     f"KV use max {sv['kv_usage_max']:.0%}, preemptions {_num(sv['preemptions'], '{:.0f}')}.")
+                     f"KV use max {sv['kv_usage_max']:.0%}, preemptions {_num(sv['preemptions'], '{:.0f}')} "
+                     f"(memory {_num(sv.get('preemptions_memory'), '{:.0f}')}, policy "
+                     f"{_num(sv.get('preemptions_policy'), '{:.0f}')}), fast lane max {sv['fast_lane_max']:.0f}.")
         if sv.get("spec_drafts") is not None:
             lines.append(f"Speculative decoding: {sv['spec_drafts']:.0f} drafts verified, mean acceptance length "
                          f"{_num(sv['mean_acceptance_length'], '{:.2f}')} tokens per draft step.")

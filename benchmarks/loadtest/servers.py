@@ -17,7 +17,7 @@ import requests
 
 EXAONE_SERVE = str(Path(sys.executable).parent / "exaone-serve")  # the console script beside this interpreter
 SERVER_GAUGES = {"exaone:num_requests_running": "running", "exaone:num_requests_waiting": "waiting",
-                 "exaone:num_preemptions_total": "preemptions", "exaone:num_preemptions": "preemptions",
+                 "exaone:fast_lane_running": "fast_lane",
                  "exaone:spec_decode_num_drafts_total": "spec_drafts",
                  "exaone:spec_decode_num_accepted_tokens_total": "spec_accepted"}
 
@@ -77,7 +77,11 @@ def server_gauges(base_url: str, session: requests.Session) -> dict[str, float]:
     text = session.get(f"{base_url}/metrics", timeout=5).text
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name in SERVER_GAUGES:
+            if s.name.startswith("exaone:num_preemptions"):  # one sample per cause: their sum, and each
+                sample["preemptions"] = sample.get("preemptions", 0.0) + s.value
+                if "cause" in s.labels:
+                    sample[f"preemptions_{s.labels['cause']}"] = s.value
+            elif s.name in SERVER_GAUGES:
                 sample[SERVER_GAUGES[s.name]] = s.value
             elif s.name == "exaone:kv_cache_usage_perc":
                 sample["kv_usage"] = max(sample.get("kv_usage", 0.0), s.value)

@@ -57,7 +57,7 @@ class LLMEngine:
         validate_tensor_parallel(mcfg, cfg.tensor_parallel_size)
         with self.device:
             backend = make_attention_backend(cfg.attention_backend, self.device, mcfg.num_heads, mcfg.head_dim,
-                                             cfg.max_num_seqs)
+                                             cfg.max_running_seqs)
         self.executor: TensorParallelExecutor | None = None
         if cfg.tensor_parallel_size > 1:
             threads = max(1, (os.cpu_count() or 1) // cfg.tensor_parallel_size)
@@ -248,6 +248,10 @@ class LLMEngine:
             "kv_blocks_total": self.kv.num_blocks(),
             "block_size": self.kv.block_size,
             "num_preemptions": s.num_preemptions,
+            "num_preemptions_by_cause": dict(s.preemptions),
+            "num_recomputed_tokens": s.num_recomputed_tokens,
+            "fast_lane_running": s.num_fast_lane_running,
+            "fast_lane_slots": s.max_running - self.config.max_num_seqs,
             "prefix_cache_queries": s.prefix_cache_queries,
             "prefix_cache_hits": s.prefix_cache_hits,
             "prefix_cache_hit_rate": s.prefix_cache_hits / s.prefix_cache_queries if s.prefix_cache_queries else 0.0,

@@ -38,7 +38,7 @@ def make_kv_manager(mcfg: ModelConfig, cfg: EngineConfig, dtype: torch.dtype, de
         budget = CPU_DEFAULT_KV_BYTES
     rings = {kind: ring_size(spec.window, cfg.block_size, cfg.max_num_batched_tokens)
              for kind, spec in pools.items() if spec.window is not None}
-    num_blocks = split_budget(pools, bytes_per_layer_block, budget, cfg.max_num_seqs, rings)
+    num_blocks = split_budget(pools, bytes_per_layer_block, budget, cfg.max_running_seqs, rings)
     return KVCacheManager(pools, num_blocks, cfg.block_size, cfg.max_num_batched_tokens, cfg.enable_prefix_caching)
 
 

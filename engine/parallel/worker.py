@@ -57,7 +57,7 @@ def worker_main(rank: int, world_size: int, init_method: str, parent_pid: int, s
         mcfg = spec.model_config
         with device:
             backend = make_attention_backend(spec.config.attention_backend, device, mcfg.num_heads, mcfg.head_dim,
-                                             spec.config.max_num_seqs)
+                                             spec.config.max_running_seqs)
         model = HybridTransformer.from_checkpoint(spec.model_path, mcfg, backend, spec.dtype, device,
                                                   spec.config.max_model_len, quantization=spec.config.quantization)
         channel = StepChannel(list(spec.pools))

@@ -56,7 +56,7 @@ class ModelRunner:
         for spec in model.cfg.layers:
             self.layer_caches.append(self.caches[spec.kv_kind][counters[spec.kv_kind]])
             counters[spec.kv_kind] += 1
-        self.block_tables = {kind: BlockTableMirror(config.max_num_seqs, self._table_width(kind, config))
+        self.block_tables = {kind: BlockTableMirror(config.max_running_seqs, self._table_width(kind, config))
                              for kind in kv.specs}
         self.buffers: dict[str, torch.Tensor] = {}
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -71,7 +71,7 @@ class ModelRunner:
             # Tensor-parallel ranks would have to capture in lockstep (collectives inside the graph): eager there.
             if not (config.enforce_eager or config.tensor_parallel_size > 1
                     or isinstance(attn.backend, TorchAttentionBackend)):
-                self.capture_graphs(graph_batch_sizes(config.max_num_seqs))
+                self.capture_graphs(graph_batch_sizes(config.max_running_seqs))
                 self.warm_up_prefill()
 
     def _compile(self) -> None:
@@ -198,8 +198,8 @@ class ModelRunner:
     def _allocate_buffers(self, config: EngineConfig) -> None:
         """Device buffers sized for the largest step, reused by every step and read by the graphs, and the
         pinned host buffer and device buffer a step's inputs travel through together."""
-        max_tokens = max(config.max_num_batched_tokens, config.max_num_seqs)
-        max_seqs = config.max_num_seqs
+        max_tokens = max(config.max_num_batched_tokens, config.max_running_seqs)
+        max_seqs = config.max_running_seqs
         new = lambda *shape: torch.zeros(*shape, dtype=torch.int64, device=self.device)  # noqa: E731
         self.buffers = {"input_ids": new(max_tokens), "positions": new(max_tokens), "seq_lens": new(max_seqs),
                         "query_start_loc": new(max_seqs + 1)}

@@ -57,7 +57,7 @@ class DraftModelProposer(Proposer):
                            kv_cache_memory=kv_cache_memory if kv_cache_memory is not None else cfg.kv_cache_memory)
         with device:
             backend = make_attention_backend(cfg.attention_backend, device, mcfg.num_heads, mcfg.head_dim,
-                                             self.cfg.max_num_seqs)
+                                             self.cfg.max_running_seqs)
         self.model = HybridTransformer.from_checkpoint(path, mcfg, backend, dtype, device, self.max_len, progress)
         self.kv = make_kv_manager(mcfg, self.cfg, dtype, device)
         self.runner = ModelRunner(self.model, self.kv, dtype, device, self.cfg)
