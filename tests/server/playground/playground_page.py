@@ -52,7 +52,7 @@ def open_playground(page: Page, base_url: str, ready: bool = True) -> None:
     response = page.goto(f"{base_url}/")
     assert response is not None and response.status == 200
     if ready:
-        page.wait_for_function("document.getElementById('model').options.length > 0")
+        page.locator("#model option").first.wait_for(state="attached")  # a locator: no eval under the page's CSP
 
 
 def settings(page: Page, **fields: str) -> None:

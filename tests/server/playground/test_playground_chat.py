@@ -175,7 +175,7 @@ def test_api_key_flow(page, console, keyed_url):
     key_box.fill(KEY)
     refused = len(statuses)
     page.get_by_role("button", name="Use key").click()
-    page.wait_for_function("document.getElementById('model').options.length > 0")
+    page.locator("#model option").first.wait_for(state="attached")  # a locator: no eval under the page's CSP
     assert page.locator("#model").input_value() == KEYED_MODEL
     settings(page, temperature="0", max_tokens="8")
     finished(send(page, "Hi!"))
@@ -183,7 +183,7 @@ def test_api_key_flow(page, console, keyed_url):
     assert all(status == 200 and keyed for _, status, keyed in statuses[refused:])  # every call sent the key
     assert page.evaluate("[Object.keys(localStorage).length, document.cookie]") == [0, ""]
     page.reload()  # the same tab keeps the key (sessionStorage) ...
-    page.wait_for_function("document.getElementById('model').options.length > 0")
+    page.locator("#model option").first.wait_for(state="attached")  # a locator: no eval under the page's CSP
     other = page.context.new_page()  # ... another tab does not
     other.goto(f"{keyed_url}/")
     other.get_by_text("This server needs an API key.").wait_for()
