@@ -53,14 +53,13 @@ def server_view(samples: list[dict[str, float]]) -> dict[str, Any] | None:
         values = [s[key] for s in samples if key in s]
         return values[-1] - values[0] if values else None
 
-    spec = [(s["spec_drafts"], s["spec_accepted"]) for s in samples if "spec_drafts" in s]
-    drafts = spec[-1][0] - spec[0][0] if spec else 0
+    drafts, accepted = counted("spec_drafts"), counted("spec_accepted")
     # speculative decoding: tokens per verified draft step, the accepted drafts plus the target's own
-    acceptance = 1 + (spec[-1][1] - spec[0][1]) / drafts if drafts else None
+    acceptance = 1 + accepted / drafts if drafts and accepted is not None else None
     return {**{f"{k}_max": v for k, v in peak.items()},
             "preemptions": counted("preemptions"), "preemptions_memory": counted("preemptions_memory"),
             "preemptions_policy": counted("preemptions_policy"), "samples": len(samples),
-            "spec_drafts": drafts if spec else None, "mean_acceptance_length": acceptance}
+            "spec_drafts": drafts, "mean_acceptance_length": acceptance}
 
 
 def write_run(out: Path, data: RunData, meta: dict[str, Any], slo: dict[str, float], max_lag: float) -> dict[str, Any]:

@@ -51,7 +51,6 @@ class Scheduler:
         self.prefix_cache_hits = 0  # of which the cache supplied
         self.ranked = cfg.scheduling_policy != "fcfs"
         self.max_running = cfg.max_running_seqs
-        self._computed_when_preempted: dict[int, int] = {}  # seq_id -> its num_computed_tokens then
 
     @property
     def num_preemptions(self) -> int:
@@ -126,9 +125,9 @@ class Scheduler:
                 self.prefix_cache_hits += hit
                 if seq.num_cached_tokens is None:
                     seq.num_cached_tokens = hit
-            if seq.seq_id in self._computed_when_preempted:
-                computed = self._computed_when_preempted.pop(seq.seq_id)
-                self.num_recomputed_tokens += max(0, computed - seq.num_computed_tokens)
+            if seq.num_computed_before_preemption:
+                self.num_recomputed_tokens += max(0, seq.num_computed_before_preemption - seq.num_computed_tokens)
+                seq.num_computed_before_preemption = 0
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = time.monotonic()
             seq.status = SequenceStatus.RUNNING
@@ -216,8 +215,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence, cause: str) -> None:
         """Free a sequence's blocks (its full ones stay findable) and requeue it at the front."""
-        self._computed_when_preempted[seq.seq_id] = max(seq.num_computed_tokens,
-                                                        self._computed_when_preempted.get(seq.seq_id, 0))
+        seq.num_computed_before_preemption = max(seq.num_computed_tokens, seq.num_computed_before_preemption)
         self.kv.free(seq.block_tables)
         seq.num_computed_tokens = 0
         seq.spec_token_ids = []
@@ -232,6 +230,5 @@ class Scheduler:
         elif seq in self.waiting:
             self.waiting.remove(seq)
         self.kv.free(seq.block_tables)
-        self._computed_when_preempted.pop(seq.seq_id, None)
         seq.spec_token_ids = []
         seq.status = SequenceStatus.FINISHED

@@ -47,6 +47,7 @@ class Sequence:
     stop_reason: str | int | None = None
     arrival_time: float = field(default_factory=time.monotonic)
     first_scheduled_time: float | None = None
+    num_computed_before_preemption: int = 0  # while preempted: what it had computed (recompute accounting)
     # With params.prompt_logprobs: one entry per prompt token computed so far (None for the first).
     prompt_logprobs: list[TokenLogprob | None] = field(default_factory=lambda: [None])
     # Samples 2..n of a request wait for sample 1's prefill and fork its blocks.
