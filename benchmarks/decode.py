@@ -1,7 +1,7 @@
 """Load time and single-sequence decode speed of a model (default: the embedded SmolLM2) on CPU.
 
     .venv/bin/python benchmarks/decode.py [--model PATH] [--tokens 128] [--tensor-parallel-size N]
-        [--quantization none int8 fp16] [--rounds 3]
+        [--quantization none int8 fp16] [--rounds 3] [--compile]
 
 With several --quantization modes, one engine per mode is loaded and they take turns, one timed
 sequence each per round, so that other jobs on the machine slow them alike; the median is printed.
@@ -44,13 +44,15 @@ def main() -> None:
     parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--quantization", nargs="+", default=["none"], choices=QUANTIZATION_MODES)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--compile", action="store_true", help="the decoder layers under torch.compile")
     args = parser.parse_args()
 
     llms, load_s = {}, {}
     for mode in args.quantization:
         start = time.perf_counter()
         llms[mode] = LLM(model=args.model, device=args.device, progress=False,
-                         tensor_parallel_size=args.tensor_parallel_size, quantization=mode)
+                         tensor_parallel_size=args.tensor_parallel_size, quantization=mode,
+                         compile=args.compile)
         load_s[mode] = time.perf_counter() - start
         llms[mode].chat(PROMPT, SamplingParams(max_tokens=4, temperature=0.0))  # warm-up
     runs: dict[str, list[tuple[float, float]]] = {mode: [] for mode in llms}

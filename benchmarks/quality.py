@@ -4,7 +4,8 @@
 
 The text is benchmarks/data/python_license.txt (CPython 3.11's LICENSE.txt, fixed and committed; no test
 reads it), fed as one prompt; every position's log-probability of the next token comes from the prompt
-logprobs. `--requantize` also runs int8 on an fp32 copy of a GGUF checkpoint, so that the int8 mode quantizes
+logprobs, fed in chunks of 16 tokens so that each position runs the decode-sized kernels (a whole-prompt prefill
+would take the dequantized fp32 GEMM instead). `--requantize` also runs int8 on an fp32 copy of a GGUF checkpoint, so that the int8 mode quantizes
 fp32 weights itself (per 32 columns) instead of keeping the GGUF's own blocks, which it holds exactly.
 """
 
@@ -24,13 +25,16 @@ from transformers import AutoTokenizer
 from engine import LLM, SamplingParams
 from engine.config import QUANTIZATION_MODES
 from engine.model.loader import iter_weights, load_config, resolve_model, tokenizer_path
+from engine.model.quant import KERNEL_MAX_ROWS
 
 TEXT = Path(__file__).with_name("data") / "python_license.txt"
 
 
 def teacher_forced(model: str, mode: str, ids: list[int]) -> tuple[list[float], list[int]]:
     """(log-probability of each next token, the model's top-1 token) at every position of `ids`."""
-    llm = LLM(model=model, progress=False, quantization=mode, max_model_len=len(ids) + 8, enable_prefix_caching=False)
+    # chunks of KERNEL_MAX_ROWS tokens: every position goes through the decode-sized kernels that serving runs
+    llm = LLM(model=model, progress=False, quantization=mode, max_model_len=len(ids) + 8, enable_prefix_caching=False,
+              max_num_batched_tokens=KERNEL_MAX_ROWS)
     try:
         out = llm.generate(prompt_token_ids=[ids], sampling_params=SamplingParams(
             max_tokens=1, temperature=0.0, prompt_logprobs=1))[0]

@@ -29,11 +29,12 @@ from throughput import chat_prompts
 from torch.profiler import ProfilerActivity, profile
 
 from engine import SamplingParams
-from engine.config import EngineConfig
+from engine.config import QUANTIZATION_MODES, EngineConfig
 from engine.core.llm_engine import LLMEngine
 
 PHASES = ("schedule", "prepare", "forward", "logits", "sample", "process")
-MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise"}
+MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise", "exaone_cpu::int8_linear",
+              "exaone_cpu::fp16_linear"}
 
 
 class StepTimer:
@@ -121,7 +122,7 @@ def prompts(engine: LLMEngine, n: int) -> list[list[int]]:
 def make_engine(args: argparse.Namespace, max_num_seqs: int) -> LLMEngine:
     config = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                           prepack_weights=args.prepack_weights, max_model_len=args.max_model_len,
-                          compile=args.compile)
+                          compile=args.compile, quantization=args.quantization)
     return LLMEngine(args.model, "cpu", args.dtype, config, progress=False)
 
 
@@ -210,6 +211,7 @@ def main() -> None:
                         help="oneDNN-packed linear weights (the engine's CPU default)")
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="the decoder layers under torch.compile")
+    parser.add_argument("--quantization", default="none", choices=QUANTIZATION_MODES)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

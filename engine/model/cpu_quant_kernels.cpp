@@ -1,5 +1,6 @@
-// Weight-only quantized CPU matmuls, y = x W^T with fp32 activations and fp32 accumulation:
-// int8 weights with one fp32 scale per output row, and fp16 weights. AVX2 + FMA (+ F16C for fp16);
+// Quantized CPU matmuls, y = x W^T with fp32 accumulation: weight-only (fp32 activations) for int8 weights
+// with fp32 group scales and for fp16 weights; and int8 or packed 4-bit weights against activations
+// quantized per 32 (integer dot products, below). AVX2 + FMA (+ F16C for fp16);
 // built by torch.utils.cpp_extension from engine/model/cpu_quant.py only where the CPU has them.
 // Decode matmuls are bound by reading the weights, so 1-2 byte weights widened in registers beat
 // fp32 weights; a 2-row x 4-token register tile reuses each widened weight vector four times.
@@ -9,6 +10,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <vector>
 
 namespace {
@@ -208,6 +211,131 @@ at::Tensor linear(const at::Tensor& x_in, const W& w, int64_t N) {
   return out.view(out_shape(x_in, N));
 }
 
+// ---- int8 weights x int8 activations (llama.cpp's Q8_0 dot): activations quantized per block of 32 ----
+// Each token's activations get one scale per 32 values (max |x| / 127, rounded as Q8_0). A block's dot
+// product is exact in integers (maddubs + madd), then scaled once by weight scale x activation scale, so
+// one int8 weight costs a fraction of widening it to fp32. Offsets (Q4_1, AWQ/GPTQ zero points) meet the
+// sums of the quantized values, as llama.cpp's Q8_1 does: the result is exactly W x_q, whose error is
+// W (x - x_q). With fp32 sums, codes that are all >= 0 would scale the rounding error by the code, not by
+// the weight (measured on the Q4_1 default: perplexity +1.97% with fp32 sums, +0.52% with these).
+// Needs K % 32 == 0 and a weight group that is a multiple of 32.
+constexpr int64_t kBlock = 32;
+
+struct Q8Tokens {
+  std::vector<int8_t> q, abs_q;  // [M, K]: the codes, and |codes| (maddubs multiplies unsigned by signed)
+  std::vector<float> scale;      // [M, K / 32]
+  std::vector<float> group_sum;  // [M, K / group]: sums of the quantized values, for the offsets
+};
+
+Q8Tokens quantize_tokens(const float* x, int64_t M, int64_t K, int64_t group, bool sums) {
+  const int64_t blocks = M * K / kBlock;
+  Q8Tokens t{std::vector<int8_t>(M * K), std::vector<int8_t>(M * K), std::vector<float>(blocks),
+             std::vector<float>(sums ? M * K / group : 0, 0.0f)};
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float* xb = x + b * kBlock;
+    float amax = 0.0f;
+    for (int64_t k = 0; k < kBlock; ++k) amax = std::max(amax, std::fabs(xb[k]));
+    const float d = amax / 127.0f, inv = amax > 0.0f ? 1.0f / d : 0.0f;
+    for (int64_t k = 0; k < kBlock; ++k) {
+      const int8_t v = static_cast<int8_t>(std::roundf(xb[k] * inv));
+      t.q[b * kBlock + k] = v;
+      t.abs_q[b * kBlock + k] = static_cast<int8_t>(std::abs(v));
+    }
+    t.scale[b] = d;
+  }
+  if (sums)  // of the quantized values, so that the offset term sees the same activations as the dot
+    for (int64_t i = 0; i < M * K; ++i) t.group_sum[i / group] += t.q[i] * t.scale[i / kBlock];
+  return t;
+}
+
+// How a block of 32 weights is stored: int8 codes (signed, so maddubs needs the sign trick), 4-bit codes
+// 0..15 one per byte (maddubs takes them as they are: 2 x 15 x 127 cannot saturate), or 4-bit codes two
+// per byte (llama.cpp's Q4 layout: byte j holds code j in its low nibble and code j + 16 in its high one).
+enum class Codes { kInt8, kNibbleBytes, kPacked4 };
+
+template <Codes C>
+inline __m256i load_block(const uint8_t* row, int64_t b) {
+  if constexpr (C == Codes::kPacked4) {
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + b * kBlock / 2));
+    const __m128i low = _mm_set1_epi8(0x0F);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), low), _mm_and_si128(raw, low));
+  } else {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * kBlock));
+  }
+}
+
+// Four weight rows (w[i]: one row's codes, ws[i]: its K / group scales) against one quantized token.
+template <Codes C>
+inline void q8_dot4(const uint8_t* const w[4], const float* const ws[4], const int8_t* xq, const int8_t* xa,
+                    const float* xs, int64_t K, int64_t group, float out[4]) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t per_group = group / kBlock;
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t b = 0; b < K / kBlock; ++b) {
+    const int64_t g = b / per_group;
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * kBlock));
+    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xa + b * kBlock));
+    const __m256 sx = _mm256_set1_ps(xs[b]);
+    auto dot = [&](const uint8_t* row) {  // the block's 32 products as 8 fp32 partial sums, exact
+      const __m256i wv = load_block<C>(row, b);
+      const __m256i pairs = C == Codes::kInt8 ? _mm256_maddubs_epi16(av, _mm256_sign_epi8(wv, xv))
+                                              : _mm256_maddubs_epi16(wv, xv);
+      return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones)), sx);
+    };
+    a0 = _mm256_fmadd_ps(dot(w[0]), _mm256_set1_ps(ws[0][g]), a0);
+    a1 = _mm256_fmadd_ps(dot(w[1]), _mm256_set1_ps(ws[1][g]), a1);
+    a2 = _mm256_fmadd_ps(dot(w[2]), _mm256_set1_ps(ws[2][g]), a2);
+    a3 = _mm256_fmadd_ps(dot(w[3]), _mm256_set1_ps(ws[3][g]), a3);
+  }
+  out[0] = hsum(a0); out[1] = hsum(a1); out[2] = hsum(a2); out[3] = hsum(a3);
+}
+
+// y = x W^T for M tokens: each task takes four weight rows (they stay in L1) through every token. Packed
+// 4-bit rows are read packed for one token (a decode step is bound by reading weights) and unpacked once
+// into a byte buffer for several (then it is bound by arithmetic).
+at::Tensor q8_linear(const at::Tensor& x_in, const uint8_t* q, bool int8, bool packed, const float* scale,
+                     const float* offset, int64_t N, int64_t group) {
+  const at::Tensor x = x_in.reshape({-1, x_in.size(-1)}).contiguous();
+  const int64_t M = x.size(0), K = x.size(1), groups = K / group, row_bytes = packed ? K / 2 : K;
+  const Q8Tokens t = quantize_tokens(x.data_ptr<float>(), M, K, group, offset != nullptr);
+  at::Tensor out = at::empty({M, N}, x.options());
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, (N + 3) / 4, 8, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> unpacked(packed && M > 1 ? 4 * K : 0);
+    for (int64_t rb = begin; rb < end; ++rb) {
+      const int64_t n0 = 4 * rb, rows = std::min<int64_t>(4, N - n0);
+      const uint8_t* w[4];
+      const float* ws[4];
+      for (int64_t i = 0; i < 4; ++i) {  // a short last block repeats its last row
+        const int64_t n = n0 + std::min(i, rows - 1);
+        w[i] = q + n * row_bytes;
+        ws[i] = scale + n * groups;
+        if (!unpacked.empty()) {
+          uint8_t* dst = unpacked.data() + i * K;
+          for (int64_t b = 0; b < K / kBlock; ++b)
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + b * kBlock), load_block<Codes::kPacked4>(w[i], b));
+          w[i] = dst;
+        }
+      }
+      for (int64_t m = 0; m < M; ++m) {
+        float y[4];
+        const int8_t *xq = t.q.data() + m * K, *xa = t.abs_q.data() + m * K;
+        const float* xs = t.scale.data() + m * K / kBlock;
+        if (int8) q8_dot4<Codes::kInt8>(w, ws, xq, xa, xs, K, group, y);
+        else if (unpacked.empty() && packed) q8_dot4<Codes::kPacked4>(w, ws, xq, xa, xs, K, group, y);
+        else q8_dot4<Codes::kNibbleBytes>(w, ws, xq, xa, xs, K, group, y);
+        for (int64_t i = 0; i < rows; ++i) {
+          float v = y[i];
+          if (offset != nullptr)
+            for (int64_t g = 0; g < groups; ++g) v += offset[(n0 + i) * groups + g] * t.group_sum[m * groups + g];
+          op[m * N + n0 + i] = v;
+        }
+      }
+    }
+  });
+  return out.view(out_shape(x_in, N));
+}
+
 // w [N, K] int8; scale (and offset, when it has elements) [N, K / group] fp32: W = q * scale + offset.
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale, const at::Tensor& offset) {
   TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kChar && q.is_contiguous(), "int8_linear: q must be contiguous int8 [N, K]");
@@ -225,6 +353,26 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   return linear(x, Int8Rows<false>{q.data_ptr<int8_t>(), scale.data_ptr<float>(), nullptr, K, group}, N);
 }
 
+// Weights against activations quantized per 32 (q8_linear). q: int8 [N, K] codes, or uint8 4-bit codes
+// 0..15 packed two per byte [N, K / 2]; scale (and offset) [N, K / group]. K and the group: multiples of 32.
+at::Tensor int8_q8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale, const at::Tensor& offset) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "activations must be float32");
+  const bool packed = q.scalar_type() == at::kByte;
+  TORCH_CHECK(q.dim() == 2 && (packed || q.scalar_type() == at::kChar) && q.is_contiguous(),
+              "int8_q8_linear: q must be contiguous int8 [N, K] or packed uint8 [N, K / 2]");
+  const int64_t N = q.size(0), K = packed ? 2 * q.size(1) : q.size(1);
+  TORCH_CHECK(x.size(-1) == K && K % kBlock == 0, "int8_q8_linear: x's last dim must be K, a multiple of 32");
+  TORCH_CHECK(scale.dim() == 2 && scale.size(0) == N && scale.scalar_type() == at::kFloat && scale.is_contiguous(),
+              "int8_q8_linear: scale must be contiguous fp32 [N, K / group]");
+  const int64_t group = K / scale.size(1);
+  TORCH_CHECK(group * scale.size(1) == K && group % kBlock == 0, "int8_q8_linear: group size must divide K and be a multiple of 32");
+  const bool has_offset = offset.numel() > 0;
+  TORCH_CHECK(!has_offset || (offset.sizes() == scale.sizes() && offset.scalar_type() == at::kFloat && offset.is_contiguous()),
+              "int8_q8_linear: offset must be empty or shaped like scale");
+  return q8_linear(x, static_cast<const uint8_t*>(q.data_ptr()), !packed, packed, scale.data_ptr<float>(),
+                   has_offset ? offset.data_ptr<float>() : nullptr, N, group);
+}
+
 at::Tensor fp16_linear(const at::Tensor& x, const at::Tensor& w) {
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kHalf && w.is_contiguous(), "fp16_linear: w must be contiguous fp16 [N, K]");
   TORCH_CHECK(x.size(-1) == w.size(1), "fp16_linear: x's last dim must be K");
@@ -235,10 +383,12 @@ at::Tensor fp16_linear(const at::Tensor& x, const at::Tensor& w) {
 
 TORCH_LIBRARY(exaone_cpu, m) {
   m.def("int8_linear(Tensor x, Tensor q, Tensor scale, Tensor offset) -> Tensor");
+  m.def("int8_q8_linear(Tensor x, Tensor q, Tensor scale, Tensor offset) -> Tensor");
   m.def("fp16_linear(Tensor x, Tensor w) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(exaone_cpu, CPU, m) {
   m.impl("int8_linear", &int8_linear);
+  m.impl("int8_q8_linear", &int8_q8_linear);
   m.impl("fp16_linear", &fp16_linear);
 }

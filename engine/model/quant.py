@@ -6,6 +6,9 @@ groups all fit it exactly, so they load without a round trip through fp32. A lay
 `quant_method` collects this rank's slices while the checkpoint streams in (the parallel layers cut
 them as they cut fp32 weights), then keeps them in its format and runs the matmul: the AVX2 kernels of
 engine.model.cpu_quant where they run, else the same weights dequantized (same outputs, no speed-up).
+In int8 mode decode batches take integer dot products against activations quantized per 32 (llama.cpp's
+Q8_0 rule), and 4-bit codes stay 4 bits (two per byte), so a Q4 GGUF or AWQ/GPTQ layer is read at its
+own size.
 """
 
 from __future__ import annotations
@@ -28,11 +31,15 @@ logger = logging.getLogger(__name__)
 # compute-bound and slower than MKL's fp32 GEMM (benchmarks/quant_matmul.py).
 KERNEL_MAX_ROWS = 16
 INT8_GROUP_SIZE = 32  # fp32 weights quantized to int8 get one scale per 32 columns, as GGUF's Q8_0
+# Decode batches quantize their activations per 32 values (Q8_0's rule, as llama.cpp's CPU dot products do)
+# and take integer dot products with the int8 weights; shapes that do not fit keep fp32 activations.
+Q8_BLOCK = 32
 
 
 @dataclass
 class QuantizedWeight:
-    """An [N, K] matrix as int8 q with [N, K / group] fp32 scales and optional offsets: q * scale + offset."""
+    """An [N, K] matrix as int8 q with [N, K / group] fp32 scales and optional offsets: q * scale + offset.
+    A uint8 q of [N, K / 2] holds 4-bit codes two per byte (pack_int4)."""
 
     q: torch.Tensor
     scale: torch.Tensor
@@ -41,16 +48,23 @@ class QuantizedWeight:
     @property
     def shape(self) -> torch.Size:
         """The shape of the matrix it stands for (as a checkpoint tensor's)."""
-        return self.q.shape
+        n, k = self.q.shape
+        return torch.Size((n, 2 * k)) if self.packed else self.q.shape
+
+    @property
+    def packed(self) -> bool:
+        """Whether q holds 4-bit codes two per byte."""
+        return self.q.dtype == torch.uint8
 
     @property
     def group_size(self) -> int:
         """Columns per scale."""
-        return self.q.shape[1] // self.scale.shape[1]
+        return self.shape[1] // self.scale.shape[1]
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The matrix in `dtype`, computed in fp32 as the kernels compute it."""
-        w = self.q.float().view(*self.scale.shape, -1) * self.scale[..., None]
+        codes = unpack_int4(self.q) if self.packed else self.q
+        w = codes.float().view(*self.scale.shape, -1) * self.scale[..., None]
         if self.offset is not None:
             w += self.offset[..., None]
         return w.view(self.shape).to(dtype)
@@ -77,6 +91,30 @@ def quantize_int8(w: torch.Tensor, group_size: int = INT8_GROUP_SIZE) -> Quantiz
     return QuantizedWeight(q.to(torch.int8).reshape(n, k).contiguous(), scale.contiguous())
 
 
+def pack_int4(w: QuantizedWeight) -> QuantizedWeight | None:
+    """The weight with its codes two per byte (llama.cpp's Q4 layout: in each block of 32, byte j holds code j
+    low and code j + 16 high) where all are 4-bit: 0..15 as Q4_1's and AWQ/GPTQ's, or Q4_0's -8..7 (shifted
+    by 8, the shift moved into the offset); None where they are not, or K or the group is no multiple of 32."""
+    if w.packed or w.shape[1] % Q8_BLOCK or w.group_size % Q8_BLOCK:
+        return None
+    low, high = int(w.q.min()), int(w.q.max())
+    q, offset = w.q, w.offset
+    if low >= -8 and high <= 7 and offset is None and low < 0:
+        q, offset = (q.to(torch.int16) + 8).to(torch.uint8), -8.0 * w.scale
+    elif low < 0 or high > 15:
+        return None
+    blocks = q.to(torch.uint8).view(w.shape[0], -1, 2, Q8_BLOCK // 2)
+    packed = blocks[:, :, 0] | (blocks[:, :, 1] << 4)
+    return QuantizedWeight(packed.reshape(w.shape[0], -1).contiguous(), w.scale,
+                           None if offset is None else offset.contiguous())
+
+
+def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
+    """[N, K / 2] packed codes (pack_int4) as [N, K] uint8 codes."""
+    blocks = packed.view(packed.shape[0], -1, Q8_BLOCK // 2)
+    return torch.cat([blocks & 0x0F, blocks >> 4], dim=-1).view(packed.shape[0], -1)
+
+
 def concat_rows(parts: list[QuantizedWeight]) -> QuantizedWeight:
     """Stack parts by rows (fused q/k/v, gate/up); parts with other group sizes are requantized to the first's."""
     group = parts[0].group_size
@@ -96,6 +134,7 @@ class QuantLinearMethod:
         self.parts: dict[int, QuantizedWeight | torch.Tensor] = {}  # row offset -> this rank's slice
         self.weight: QuantizedWeight | None = None  # int8 mode, after finish()
         self.fp16: torch.Tensor | None = None  # fp16 mode, after finish()
+        self.q8_activations = False  # int8: activations quantized per 32 for an integer dot (where shapes allow)
         self.kernels = cpu_quant_ops() if dtype == torch.float32 else None
 
     def load(self, piece: QuantizedWeight | torch.Tensor, row_offset: int) -> None:
@@ -115,6 +154,9 @@ class QuantLinearMethod:
         if self.mode == "int8":
             self.weight = concat_rows([p if isinstance(p, QuantizedWeight) else quantize_int8(_dense(p, torch.float32))
                                        for p in pieces])
+            self.q8_activations = self.weight.shape[1] % Q8_BLOCK == 0 and self.weight.group_size % Q8_BLOCK == 0
+            if self.q8_activations:  # 4-bit codes are read as 4 bits: half the bytes of a decode step
+                self.weight = pack_int4(self.weight) or self.weight
         else:
             self.fp16 = torch.cat([_dense(p, torch.float16) for p in pieces]).contiguous()
         layer.weight = nn.Parameter(layer.weight.new_empty(0), requires_grad=False)
@@ -128,7 +170,10 @@ class QuantLinearMethod:
         if self.fp16 is not None:
             return self.kernels.fp16_linear(x, self.fp16)
         w = self.weight
-        return self.kernels.int8_linear(x, w.q, w.scale, x.new_empty(0) if w.offset is None else w.offset)
+        offset = x.new_empty(0) if w.offset is None else w.offset
+        if self.q8_activations:
+            return self.kernels.int8_q8_linear(x, w.q, w.scale, offset)
+        return self.kernels.int8_linear(x, w.q, w.scale, offset)
 
     def embedding(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows of the weight for token ids (a tied embedding), dequantized."""

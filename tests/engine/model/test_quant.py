@@ -1,5 +1,6 @@
-"""--quantization (engine.model.quant): the AVX2 kernels against the dequantized matmul, GGUF blocks read
-exactly, and each mode's engine against a checkpoint that holds its dequantized weights (its twin), alone,
+"""--quantization (engine.model.quant): the AVX2 kernels against the dequantized matmul (int8's on activations
+quantized as Q8_0), 4-bit packing, GGUF blocks read exactly, and each mode's engine against a checkpoint that
+holds its dequantized weights (its twin; for int8 with its activations quantized the same way), alone,
 under tensor parallel 2, under --compile, and with the kernels' feature check forced off."""
 
 from __future__ import annotations
@@ -21,8 +22,15 @@ from engine.cpu_features import quant_kernel_path
 from engine.model.cpu_quant import cpu_quant_ops
 from engine.model.gguf_quant import gguf_blocks
 from engine.model.loader import iter_weights
-from engine.model.quant import KERNEL_MAX_ROWS, QuantizedWeight, QuantLinearMethod, quantize_int8
-from engine.parallel.layers import ColumnParallelLinear
+from engine.model.quant import (
+    KERNEL_MAX_ROWS,
+    QuantizedWeight,
+    QuantLinearMethod,
+    pack_int4,
+    quantize_int8,
+    unpack_int4,
+)
+from engine.parallel.layers import ColumnParallelLinear, ShardedLayer
 
 Q = gguf.GGMLQuantizationType
 NEW_TOKENS = 10
@@ -46,6 +54,45 @@ def test_kernels_match_the_dequantized_matmul(rows: int, n: int, k: int, group: 
         torch.testing.assert_close(got, x @ weight.dequantize().T, atol=1e-4, rtol=1e-5)
     half = w.half()
     torch.testing.assert_close(ops.fp16_linear(x, half), x @ half.float().T, atol=1e-4, rtol=1e-5)
+
+
+def q8_activations(x: torch.Tensor) -> torch.Tensor:
+    """x as the int8 mode's decode kernels see it: Q8_0 blocks of 32 (d = max |x| / 127, codes rounded half
+    away from zero), dequantized."""
+    blocks = x.reshape(*x.shape[:-1], -1, 32)
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    v = torch.where(d > 0, blocks * (1 / d), 0.0)
+    return (torch.sign(v) * torch.floor(v.abs() + 0.5) * d).reshape(x.shape)
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 3, 16])
+@pytest.mark.parametrize(("n", "k", "group"), [(1543, 576, 32), (7, 576, 576), (9, 256, 128)])
+def test_integer_dot_kernel_matches_the_matmul_on_q8_activations(rows: int, n: int, k: int, group: int) -> None:
+    ops = cpu_quant_ops()
+    torch.manual_seed(3)
+    x = torch.randn(rows, k)
+    x[0, 5] = 40.0  # an outlier costs only its own block's precision
+    signed = quantize_int8(torch.randn(n, k) * 0.05, group)
+    codes = QuantizedWeight(torch.randint(0, 16, (n, k), dtype=torch.int8), signed.scale, torch.randn_like(signed.scale))
+    q4_0 = QuantizedWeight(codes.q - 8, signed.scale)
+    for weight in (signed, codes, q4_0, pack_int4(codes), pack_int4(q4_0)):
+        offset = x.new_empty(0) if weight.offset is None else weight.offset
+        got = ops.int8_q8_linear(x, weight.q, weight.scale, offset)
+        torch.testing.assert_close(got, q8_activations(x) @ weight.dequantize().T, atol=2e-4, rtol=1e-5)
+
+
+def test_4bit_codes_pack_two_per_byte_and_nothing_else_packs() -> None:
+    codes = torch.randint(0, 16, (6, 64), dtype=torch.int8)
+    weight = QuantizedWeight(codes, torch.rand(6, 2), torch.rand(6, 2))
+    packed = pack_int4(weight)
+    assert packed.packed and packed.q.shape == (6, 32) and packed.shape == (6, 64)
+    assert torch.equal(unpack_int4(packed.q), codes.to(torch.uint8))
+    assert torch.equal(packed.dequantize(), weight.dequantize())
+    q4_0 = QuantizedWeight(codes - 8, torch.rand(6, 2))  # shifted into 0..15, the shift into the offset
+    torch.testing.assert_close(pack_int4(q4_0).dequantize(), q4_0.dequantize())
+    assert pack_int4(quantize_int8(torch.randn(6, 64))) is None  # 8-bit codes
+    assert pack_int4(QuantizedWeight(codes[:, :40], torch.rand(6, 5))) is None  # groups of 8
 
 
 def test_int8_quantization_is_per_group_and_idempotent() -> None:
@@ -102,12 +149,50 @@ def twins(tiny_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
             for kind in ("exaone_hybrid", "exaone_global") for mode in ("int8", "fp16")}
 
 
-def _greedy(llm: LLM, prompts: list[list[int]]) -> list[tuple[list[int], list[float]]]:
+def _forced(llm: LLM, sequences: list[list[int]]) -> tuple[list[float], list[int]]:
+    """Every position's log-probability of the given text and the model's top-1 there, fed in decode-sized
+    chunks (ENGINE_ARGS' 16 tokens a step)."""
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=1)
+    outs = llm.generate(prompt_token_ids=sequences, sampling_params=params)
+    lps = [p for o in outs for p in o.prompt_logprobs if p is not None]
+    return [p.logprob for p in lps], [p.top[0][0] for p in lps]
+
+
+def assert_int8_close(quantized: LLM, twin: str, prompts: list[list[int]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The int8 engine against its fp32 twin fed the activations the int8 kernels see (q8_activations).
+    The two agree up to summation order, which can move one activation across a rounding boundary and part
+    greedy paths; so both are teacher-forced on the int8 engine's greedy text: every log-probability within
+    0.05 (a wrong weight moves them by whole nats) and the top-1 the same at >= 90% of positions."""
+    continuations = _greedy(quantized, prompts, shutdown=False)
+    sequences = [p + tokens for p, (tokens, _) in zip(prompts, continuations, strict=True)]
+    try:
+        ours, ours_top = _forced(quantized, sequences)
+    finally:
+        quantized.engine.shutdown()
+    reference = LLM(model=twin, progress=False, **ENGINE_ARGS)
+    matmul = ShardedLayer.matmul
+
+    def on_q8(layer: ShardedLayer, x: torch.Tensor) -> torch.Tensor:
+        fits = 0 < x.shape[0] <= KERNEL_MAX_ROWS and x.shape[-1] % 32 == 0
+        return matmul(layer, q8_activations(x) if fits else x)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ShardedLayer, "matmul", on_q8)
+        try:
+            ref, ref_top = _forced(reference, sequences)
+        finally:
+            reference.engine.shutdown()
+    torch.testing.assert_close(torch.tensor(ours), torch.tensor(ref), atol=0.05, rtol=0)
+    assert sum(a == b for a, b in zip(ours_top, ref_top, strict=True)) >= 0.9 * len(ref_top)
+
+
+def _greedy(llm: LLM, prompts: list[list[int]], shutdown: bool = True) -> list[tuple[list[int], list[float]]]:
     params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True, logprobs=0)
     try:
         outs = llm.generate(prompt_token_ids=prompts, sampling_params=params)
     finally:
-        llm.engine.shutdown()
+        if shutdown:
+            llm.engine.shutdown()
     return [(o.outputs[0].token_ids, [lp.logprob for lp in o.outputs[0].logprobs]) for o in outs]
 
 
@@ -125,25 +210,30 @@ def _served_formats(llm: LLM) -> set[torch.dtype]:
 @needs_kernels
 @pytest.mark.parametrize("mode", ["int8", "fp16"])
 @pytest.mark.parametrize("kind", ["exaone_hybrid", "exaone_global"])
-def test_each_mode_matches_its_dequantized_twin(twins, kind: str, mode: str) -> None:
+def test_each_mode_matches_its_dequantized_twin(twins, kind: str, mode: str, monkeypatch) -> None:
     path = str(twins[kind, mode])
     prompts = random_prompts(49152, [9, 23, 17], seed=5)
     quantized = LLM(model=path, progress=False, quantization=mode, **ENGINE_ARGS)
     assert _served_formats(quantized) == {torch.int8 if mode == "int8" else torch.float16}
-    _assert_same(_greedy(quantized, prompts), _greedy(LLM(model=path, progress=False, **ENGINE_ARGS), prompts))
+    if mode == "int8":
+        assert_int8_close(quantized, path, prompts, monkeypatch)
+    else:
+        _assert_same(_greedy(quantized, prompts), _greedy(LLM(model=path, progress=False, **ENGINE_ARGS), prompts))
 
 
 @needs_kernels
 @pytest.mark.parametrize("mode", ["int8", "fp16"])
-def test_each_mode_composes_with_tensor_parallel_and_compile(twins, mode: str) -> None:
+def test_each_mode_composes_with_tensor_parallel_and_compile(twins, mode: str, monkeypatch) -> None:
     path = str(twins["exaone_hybrid", mode])
     prompts = random_prompts(49152, [9, 23], seed=6)
-    reference = _greedy(LLM(model=path, progress=False, **ENGINE_ARGS), prompts)
-    _assert_same(_greedy(LLM(model=path, progress=False, quantization=mode, tensor_parallel_size=2, **ENGINE_ARGS),
-                         prompts), reference)
-    compiled = LLM(model=path, progress=False, quantization=mode, compile=True, **ENGINE_ARGS)
-    assert _served_formats(compiled) == {torch.int8 if mode == "int8" else torch.float16}
-    _assert_same(_greedy(compiled, prompts), reference)
+    reference = None if mode == "int8" else _greedy(LLM(model=path, progress=False, **ENGINE_ARGS), prompts)
+    for args in ({"tensor_parallel_size": 2}, {"compile": True}):
+        llm = LLM(model=path, progress=False, quantization=mode, **args, **ENGINE_ARGS)
+        assert _served_formats(llm) == {torch.int8 if mode == "int8" else torch.float16}
+        if mode == "int8":
+            assert_int8_close(llm, path, prompts, monkeypatch)
+        else:
+            _assert_same(_greedy(llm, prompts), reference)
 
 
 def test_without_the_kernels_the_weights_are_served_dequantized(twins, monkeypatch) -> None:
@@ -175,4 +265,5 @@ def test_a_layer_serves_decode_rows_by_kernel_and_prefill_rows_by_gemm(mode: str
     dense = quantize_int8(w).dequantize() if mode == "int8" else w.half().float()
     for rows in (1, KERNEL_MAX_ROWS, KERNEL_MAX_ROWS + 1, 40):
         x = torch.randn(rows, 64)
-        torch.testing.assert_close(layer(x), x @ dense.T, atol=1e-4, rtol=1e-5)
+        seen = q8_activations(x) if mode == "int8" and rows <= KERNEL_MAX_ROWS else x
+        torch.testing.assert_close(layer(x), seen @ dense.T, atol=1e-4, rtol=1e-5)
