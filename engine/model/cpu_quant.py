@@ -52,13 +52,17 @@ def _register_fakes() -> None:
     def _(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         return x.new_empty(*x.shape[:-1], q.shape[0])
 
+    @torch.library.register_fake("exaone_cpu::int8_dequantize")
+    def _(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+        return scale.new_empty(q.shape[0], q.shape[1] * (2 if q.dtype == torch.uint8 else 1))
+
     @torch.library.register_fake("exaone_cpu::fp16_linear")
     def _(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return x.new_empty(*x.shape[:-1], w.shape[0])
 
 
 def cpu_quant_ops() -> ModuleType | None:
-    """torch.ops.exaone_cpu (int8_linear, int8_q8_linear, fp16_linear) where this CPU runs them, else None."""
+    """torch.ops.exaone_cpu (int8_linear, int8_q8_linear, int8_dequantize, fp16_linear) where this CPU runs them, else None."""
     if not quant_kernel_path()[0] or not _build():
         return None
     return torch.ops.exaone_cpu

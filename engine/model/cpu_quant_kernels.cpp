@@ -227,24 +227,47 @@ struct Q8Tokens {
   std::vector<float> group_sum;  // [M, K / group]: sums of the quantized values, for the offsets
 };
 
+inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+// Codes are rounded half away from zero as trunc(v + copysign(0.5, v)) in fp32 (the tests' reference does
+// the same arithmetic; roundf differs only where v + 0.5 rounds up in fp32).
 Q8Tokens quantize_tokens(const float* x, int64_t M, int64_t K, int64_t group, bool sums) {
-  const int64_t blocks = M * K / kBlock;
+  const int64_t blocks = M * K / kBlock, per_group = group / kBlock;
   Q8Tokens t{std::vector<int8_t>(M * K), std::vector<int8_t>(M * K), std::vector<float>(blocks),
              std::vector<float>(sums ? M * K / group : 0, 0.0f)};
+  const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undoes the packs' lane interleave
   for (int64_t b = 0; b < blocks; ++b) {
     const float* xb = x + b * kBlock;
-    float amax = 0.0f;
-    for (int64_t k = 0; k < kBlock; ++k) amax = std::max(amax, std::fabs(xb[k]));
-    const float d = amax / 127.0f, inv = amax > 0.0f ? 1.0f / d : 0.0f;
-    for (int64_t k = 0; k < kBlock; ++k) {
-      const int8_t v = static_cast<int8_t>(std::roundf(xb[k] * inv));
-      t.q[b * kBlock + k] = v;
-      t.abs_q[b * kBlock + k] = static_cast<int8_t>(std::abs(v));
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps();
+    for (int j = 0; j < 4; ++j) {
+      v[j] = _mm256_loadu_ps(xb + 8 * j);
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[j]));
     }
+    const float m = hmax(amax), d = m / 127.0f;
+    const __m256 inv = _mm256_set1_ps(m > 0.0f ? 1.0f / d : 0.0f);
+    __m256i c[4];
+    for (int j = 0; j < 4; ++j) {
+      const __m256 scaled = _mm256_mul_ps(v[j], inv);
+      const __m256 away = _mm256_add_ps(scaled, _mm256_or_ps(_mm256_and_ps(scaled, sign), half));
+      c[j] = _mm256_cvttps_epi32(away);
+    }
+    const __m256i bytes = _mm256_permutevar8x32_epi32(
+        _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3])), order);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(t.q.data() + b * kBlock), bytes);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(t.abs_q.data() + b * kBlock), _mm256_abs_epi8(bytes));
     t.scale[b] = d;
+    if (sums) {  // of the quantized values, so that the offset term sees the same activations as the dot
+      const __m256i total = _mm256_add_epi32(_mm256_add_epi32(c[0], c[1]), _mm256_add_epi32(c[2], c[3]));
+      t.group_sum[b / per_group] += d * hsum(_mm256_cvtepi32_ps(total));
+    }
   }
-  if (sums)  // of the quantized values, so that the offset term sees the same activations as the dot
-    for (int64_t i = 0; i < M * K; ++i) t.group_sum[i / group] += t.q[i] * t.scale[i / kBlock];
   return t;
 }
 
@@ -373,6 +396,40 @@ at::Tensor int8_q8_linear(const at::Tensor& x, const at::Tensor& q, const at::Te
                    has_offset ? offset.data_ptr<float>() : nullptr, N, group);
 }
 
+// The fp32 matrix of int8 or packed 4-bit weights (as int8_q8_linear takes them), for prefill-sized GEMMs:
+// rows widened in parallel, a fraction of what torch's elementwise ops take for the same.
+at::Tensor int8_dequantize(const at::Tensor& q, const at::Tensor& scale, const at::Tensor& offset) {
+  const bool packed = q.scalar_type() == at::kByte;
+  TORCH_CHECK(q.dim() == 2 && (packed || q.scalar_type() == at::kChar) && q.is_contiguous(),
+              "int8_dequantize: q must be contiguous int8 [N, K] or packed uint8 [N, K / 2]");
+  const int64_t N = q.size(0), K = packed ? 2 * q.size(1) : q.size(1), group = K / scale.size(1);
+  TORCH_CHECK(scale.size(0) == N && group * scale.size(1) == K && group % 8 == 0 && scale.is_contiguous(),
+              "int8_dequantize: scale must be contiguous fp32 [N, K / group], group a multiple of 8");
+  TORCH_CHECK(!packed || K % kBlock == 0, "int8_dequantize: packed rows need K % 32 == 0");
+  const bool has_offset = offset.numel() > 0;
+  at::Tensor out = at::empty({N, K}, scale.options());
+  const uint8_t* qp = static_cast<const uint8_t*>(q.data_ptr());
+  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    std::vector<int8_t> codes(packed ? K : 0);
+    for (int64_t n = begin; n < end; ++n) {
+      const int8_t* row = reinterpret_cast<const int8_t*>(qp) + n * K;
+      if (packed) {
+        for (int64_t b = 0; b < K / kBlock; ++b)
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes.data() + b * kBlock),
+                              load_block<Codes::kPacked4>(qp + n * (K / 2), b));
+        row = codes.data();
+      }
+      const float* s = scale.data_ptr<float>() + n * (K / group);
+      float* dst = out.data_ptr<float>() + n * K;
+      if (has_offset)
+        Int8Rows<true>{row, s, offset.data_ptr<float>() + n * (K / group), K, group}.widen(0, 1, dst);
+      else
+        Int8Rows<false>{row, s, nullptr, K, group}.widen(0, 1, dst);
+    }
+  });
+  return out;
+}
+
 at::Tensor fp16_linear(const at::Tensor& x, const at::Tensor& w) {
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kHalf && w.is_contiguous(), "fp16_linear: w must be contiguous fp16 [N, K]");
   TORCH_CHECK(x.size(-1) == w.size(1), "fp16_linear: x's last dim must be K");
@@ -384,11 +441,13 @@ at::Tensor fp16_linear(const at::Tensor& x, const at::Tensor& w) {
 TORCH_LIBRARY(exaone_cpu, m) {
   m.def("int8_linear(Tensor x, Tensor q, Tensor scale, Tensor offset) -> Tensor");
   m.def("int8_q8_linear(Tensor x, Tensor q, Tensor scale, Tensor offset) -> Tensor");
+  m.def("int8_dequantize(Tensor q, Tensor scale, Tensor offset) -> Tensor");
   m.def("fp16_linear(Tensor x, Tensor w) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(exaone_cpu, CPU, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("int8_q8_linear", &int8_q8_linear);
+  m.impl("int8_dequantize", &int8_dequantize);
   m.impl("fp16_linear", &fp16_linear);
 }

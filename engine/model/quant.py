@@ -34,6 +34,9 @@ INT8_GROUP_SIZE = 32  # fp32 weights quantized to int8 get one scale per 32 colu
 # Decode batches quantize their activations per 32 values (Q8_0's rule, as llama.cpp's CPU dot products do)
 # and take integer dot products with the int8 weights; shapes that do not fit keep fp32 activations.
 Q8_BLOCK = 32
+# The integer dot stays ahead of widening the weight for fp32 GEMM up to ~64-128 rows (a widened LM head
+# costs ~30 ms to write), so short prompts and prefill chunks up to here take it too.
+Q8_KERNEL_MAX_ROWS = 64
 
 
 @dataclass
@@ -164,9 +167,11 @@ class QuantLinearMethod:
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """x W^T in fp32; prefill-sized batches widen the weight once and run MKL's GEMM on it."""
         assert self.kernels is not None
-        if x.shape[0] > KERNEL_MAX_ROWS:
-            dense = self.fp16.float() if self.fp16 is not None else self.weight.dequantize()
-            return F.linear(x, dense)
+        if x.shape[0] > (Q8_KERNEL_MAX_ROWS if self.q8_activations else KERNEL_MAX_ROWS):
+            if self.fp16 is not None:
+                return F.linear(x, self.fp16.float())
+            w = self.weight
+            return F.linear(x, self.kernels.int8_dequantize(w.q, w.scale, x.new_empty(0) if w.offset is None else w.offset))
         if self.fp16 is not None:
             return self.kernels.fp16_linear(x, self.fp16)
         w = self.weight

@@ -24,6 +24,7 @@ from engine.model.gguf_quant import gguf_blocks
 from engine.model.loader import iter_weights
 from engine.model.quant import (
     KERNEL_MAX_ROWS,
+    Q8_KERNEL_MAX_ROWS,
     QuantizedWeight,
     QuantLinearMethod,
     pack_int4,
@@ -80,6 +81,8 @@ def test_integer_dot_kernel_matches_the_matmul_on_q8_activations(rows: int, n: i
         offset = x.new_empty(0) if weight.offset is None else weight.offset
         got = ops.int8_q8_linear(x, weight.q, weight.scale, offset)
         torch.testing.assert_close(got, q8_activations(x) @ weight.dequantize().T, atol=2e-4, rtol=1e-5)
+        # prefill-sized batches widen the weight in C++ first
+        torch.testing.assert_close(ops.int8_dequantize(weight.q, weight.scale, offset), weight.dequantize())
 
 
 def test_4bit_codes_pack_two_per_byte_and_nothing_else_packs() -> None:
@@ -173,7 +176,7 @@ def assert_int8_close(quantized: LLM, twin: str, prompts: list[list[int]], monke
     matmul = ShardedLayer.matmul
 
     def on_q8(layer: ShardedLayer, x: torch.Tensor) -> torch.Tensor:
-        fits = 0 < x.shape[0] <= KERNEL_MAX_ROWS and x.shape[-1] % 32 == 0
+        fits = 0 < x.shape[0] <= Q8_KERNEL_MAX_ROWS and x.shape[-1] % 32 == 0
         return matmul(layer, q8_activations(x) if fits else x)
 
     with monkeypatch.context() as patch:
@@ -263,7 +266,8 @@ def test_a_layer_serves_decode_rows_by_kernel_and_prefill_rows_by_gemm(mode: str
     layer.quant_method.finish(layer)
     assert layer.weight.numel() == 0 and layer.quant_method.nbytes() < w.numel() * 4
     dense = quantize_int8(w).dequantize() if mode == "int8" else w.half().float()
-    for rows in (1, KERNEL_MAX_ROWS, KERNEL_MAX_ROWS + 1, 40):
+    limit = Q8_KERNEL_MAX_ROWS if mode == "int8" else KERNEL_MAX_ROWS
+    for rows in (1, limit, limit + 1, limit + 24):
         x = torch.randn(rows, 64)
-        seen = q8_activations(x) if mode == "int8" and rows <= KERNEL_MAX_ROWS else x
+        seen = q8_activations(x) if mode == "int8" and rows <= limit else x
         torch.testing.assert_close(layer(x), seen @ dense.T, atol=1e-4, rtol=1e-5)
