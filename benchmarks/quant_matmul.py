@@ -1,4 +1,4 @@
-"""Weight-only 8- and 16-bit CPU matmul candidates at the default model's shapes (issue 23).
+"""8- and 16-bit CPU matmul candidates at the default model's shapes (issue 23).
 
     PYTHONPATH=. .venv/bin/python benchmarks/quant_matmul.py [--rows 1 16] [--runs 30]
 
@@ -6,7 +6,8 @@ Per shape and row count, median (and min) ms, the candidates taking turns, of: t
 fbgemm's fp16 weights, fbgemm's dynamic W8A8 (per-tensor activation scales: unusable on this model, a
 reference for speed only), torch's `_weight_int8pack_mm`, an inductor-generated dequantize-in-the-loop
 int8 GEMV, and this project's AVX2 kernels (engine/model/cpu_quant_kernels.cpp: int8 weights with a
-per-row or per-32-column scale, fp16 weights; fp32 activations). Enough copies of each weight are cycled that they come
+per-row or per-32-column scale, fp16 weights; fp32 activations; and the int8 mode's integer dots against
+activations quantized per 32, on int8 and on packed 4-bit codes). Enough copies of each weight are cycled that they come
 from DRAM, as in serving. The max abs error of each against x @ W_deq^T is printed beside it.
 """
 
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.model.cpu_quant import cpu_quant_ops
-from engine.model.quant import quantize_int8
+from engine.model.quant import QuantizedWeight, pack_int4, quantize_int8
 
 SHAPES = {"lm_head": (49152, 576), "gate_up": (1536 * 2, 576), "gate": (1536, 576), "o": (576, 576),
           "down": (576, 1536)}
@@ -66,15 +67,24 @@ def candidates(n: int, k: int, rows: int, copies: int) -> dict[str, list[Callabl
         "int8pack_mm": [lambda q=q, s=s: torch._weight_int8pack_mm(x, q, s) for q, s in qs],
         "inductor int8": [lambda q=q, s=s: compiled(x, q, s) for q, s in qs],
     }
+    own: dict[str, torch.Tensor] = {}  # candidates run on weights of their own: their reference weight
     if ops is not None:
         halves = [w.half() for w in ws]
         none = x.new_empty(0)
         out["ours int8 row"] = [lambda r=r: ops.int8_linear(x, r.q, r.scale, none) for r in rows_q]
         out["ours int8 g32"] = [lambda r=r: ops.int8_linear(x, r.q, r.scale, none) for r in g32]
         out["ours fp16"] = [lambda h=h: ops.fp16_linear(x, h) for h in halves]
+        # the int8 mode's decode path: integer dots against activations quantized per 32 (Q8_0), on int8 codes
+        # and on 4-bit codes packed two per byte with Q4_1-style offsets (the default GGUF's layers)
+        q4 = [pack_int4(QuantizedWeight(torch.randint(0, 16, (n, k), dtype=torch.int8), g.scale, -8 * g.scale))
+              for g in g32]
+        out["ours q8 x int8"] = [lambda g=g: ops.int8_q8_linear(x, g.q, g.scale, none) for g in g32]
+        out["ours q8 x 4bit"] = [lambda w=w: ops.int8_q8_linear(x, w.q, w.scale, w.offset) for w in q4]
+        own["ours q8 x 4bit"] = q4[0].dequantize()
     ref = F.linear(x, rows_q[0].dequantize())
     for name, fns in out.items():
-        err = (fns[0]() - (F.linear(x, g32[0].dequantize()) if "g32" in name else ref)).abs().max().item()
+        wanted = F.linear(x, own[name]) if name in own else F.linear(x, g32[0].dequantize()) if "g32" in name or "q8" in name else ref
+        err = (fns[0]() - wanted).abs().max().item()
         print(f"  {name:14s} max |err| vs dequantized {err:.2e}")
     return out
 

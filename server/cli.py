@@ -156,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='vLLM\'s JSON: {"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 2, '
                              '"prompt_lookup_max": 4} or {"model": "<draft>", "num_speculative_tokens": 4}')
     common.add_argument("--quantization", choices=QUANTIZATION_MODES,
-                        help="CPU linear weights: none (default, as loaded), int8 (GGUF Q8_0/Q4_0/Q4_1 kept exact, "
-                             "others per 32 columns) or fp16 (README, Quantization)")
+                        help="CPU linear weights: none (default, as loaded), int8 (GGUF Q8_0/Q4_x and AWQ/GPTQ "
+                             "codes kept, 4-bit ones packed; others per 32 columns; decode takes integer dot "
+                             "products with activations quantized per 32) or fp16 (README, Quantization)")
     common.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="debug also shows tracebacks and ignored request fields")
 
