@@ -23,9 +23,9 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
 from engine import LLM, SamplingParams
-from engine.config import QUANTIZATION_MODES
 from engine.model.loader import iter_weights, load_config, resolve_model, tokenizer_path
 from engine.model.quant import KERNEL_MAX_ROWS
+from engine.model.quant_modes import CPU_MODES
 
 TEXT = Path(__file__).with_name("data") / "python_license.txt"
 
@@ -58,7 +58,7 @@ def fp32_copy(gguf: Path, out: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
-    parser.add_argument("--modes", nargs="+", default=list(QUANTIZATION_MODES), choices=QUANTIZATION_MODES)
+    parser.add_argument("--modes", nargs="+", default=list(CPU_MODES), choices=CPU_MODES)
     parser.add_argument("--requantize", action="store_true")
     args = parser.parse_args()
     path = resolve_model(args.model)

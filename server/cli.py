@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--quantization", choices=QUANTIZATION_MODES,
                         help="CPU linear weights: none (default, as loaded), int8 (GGUF Q8_0/Q4_x and AWQ/GPTQ "
                              "codes kept, 4-bit ones packed; others per 32 columns; decode takes integer dot "
-                             "products with activations quantized per 32) or fp16 (README, Quantization)")
+                             "products with activations quantized per 32) or fp16; awq, gptq or fp8 (vLLM's names) check the "
+                             "checkpoint's own quant_method and serve it as stored (README, Quantization)")
     common.add_argument("--log-level", choices=LOG_LEVELS, default="info",
                         help="debug also shows tracebacks and ignored request fields")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,13 @@ from torch import nn
 
 from engine.config import QUANTIZATION_MODES
 from engine.cpu_features import quant_kernel_path
+from engine.errors import ModelLoadError
 from engine.model.cpu_quant import cpu_quant_ops
+from engine.model.quant_modes import CHECKPOINT_METHODS, CPU_MODES
 from engine.parallel.layers import ShardedLayer, VocabParallelEmbedding
+
+if TYPE_CHECKING:
+    from engine.model.quant_formats.spec import CheckpointQuant
 
 logger = logging.getLogger(__name__)
 
@@ -199,9 +205,22 @@ def _dense(piece: QuantizedWeight | torch.Tensor, dtype: torch.dtype) -> torch.T
     return piece.to(dtype) if isinstance(piece, torch.Tensor) else piece.dequantize(dtype)
 
 
+def served_mode(requested: str, checkpoint: CheckpointQuant | None, device: torch.device) -> str:
+    """The CPU mode a --quantization value serves: a checkpoint method (awq, gptq, fp8) must be the checkpoint's
+    own and serves it as stored (int8 on the CPU; on CUDA quantized checkpoints always are)."""
+    if requested not in CHECKPOINT_METHODS:
+        return requested
+    found = checkpoint.method if checkpoint is not None else None
+    if found != requested:
+        raise ModelLoadError(f"--quantization {requested}: " + (
+            f"the checkpoint's config.json declares quant_method {found!r}" if found else
+            "the checkpoint has no quantization_config (a GGUF or a 16/32-bit checkpoint): use int8 or fp16"))
+    return "int8" if device.type == "cpu" else "none"
+
+
 def install_quant_methods(model: nn.Module, mode: str, dtype: torch.dtype, tied_lm_head: bool) -> None:
     """Give every linear (and a tied embedding, which is the LM head) a QuantLinearMethod before loading."""
-    if mode not in QUANTIZATION_MODES:
+    if mode not in CPU_MODES:
         raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_MODES)}, got {mode!r}")
     if mode == "none":
         return

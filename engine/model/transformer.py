@@ -14,7 +14,7 @@ from engine.attention.backend import AttentionBackend, AttentionMetadata
 from engine.config import LayerSpec, ModelConfig, rope_inv_freq
 from engine.errors import ModelLoadError
 from engine.model.compiled import CompiledDecoder, paged_attention
-from engine.model.quant import finish_quant_methods, install_quant_methods
+from engine.model.quant import finish_quant_methods, install_quant_methods, served_mode
 from engine.parallel.layers import (
     ColumnParallelLinear,
     ParallelLMHead,
@@ -183,6 +183,7 @@ class HybridTransformer(nn.Module):
                 model = cls(cfg, backend, max_len)
         finally:
             torch.set_default_dtype(default_dtype)
+        quantization = served_mode(quantization, checkpoint_quantization(path), device)
         if quantization != "none" and device.type != "cpu":
             raise ValueError(f"--quantization {quantization} is for the CPU path")
         keep_quantized, on_cuda = quantization == "int8", False

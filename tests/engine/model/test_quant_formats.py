@@ -148,3 +148,17 @@ def test_act_order_gptq_loads_with_none_and_is_refused_with_int8(checkpoints) ->
     _assert_same(_greedy(LLM(model=str(quantized), progress=False, **ENGINE_ARGS), prompts), reference)
     with pytest.raises(ModelLoadError, match="act-order"):
         LLM(model=str(quantized), progress=False, quantization="int8", **ENGINE_ARGS)
+
+
+@needs_kernels
+def test_vllm_method_names_check_the_checkpoint_and_serve_it_as_stored(checkpoints, tiny_models) -> None:
+    quantized, _, _ = checkpoints["awq"]
+    prompts = random_prompts(49152, [9, 23], seed=14)
+    by_name = LLM(model=str(quantized), progress=False, quantization="awq", **ENGINE_ARGS)
+    assert _int8_groups(by_name) == {32}
+    _assert_same(_greedy(by_name, prompts),
+                 _greedy(LLM(model=str(quantized), progress=False, quantization="int8", **ENGINE_ARGS), prompts))
+    with pytest.raises(ModelLoadError, match=r"--quantization gptq: the checkpoint's config\.json declares quant_method 'awq'"):
+        LLM(model=str(quantized), progress=False, quantization="gptq", **ENGINE_ARGS)
+    with pytest.raises(ModelLoadError, match=r"--quantization fp8: .* no quantization_config"):
+        LLM(model=str(tiny_models["exaone_hybrid"]), progress=False, quantization="fp8", **ENGINE_ARGS)
