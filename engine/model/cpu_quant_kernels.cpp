@@ -316,7 +316,7 @@ inline void q8_dot4(const uint8_t* const w[4], const float* const ws[4], const i
 // y = x W^T for M tokens: each task takes four weight rows (they stay in L1) through every token. Packed
 // 4-bit rows are read packed for one token (a decode step is bound by reading weights) and unpacked once
 // into a byte buffer for several (then it is bound by arithmetic).
-at::Tensor q8_linear(const at::Tensor& x_in, const uint8_t* q, bool int8, bool packed, const float* scale,
+at::Tensor q8_linear(const at::Tensor& x_in, const uint8_t* q, bool packed, const float* scale,
                      const float* offset, int64_t N, int64_t group) {
   const at::Tensor x = x_in.reshape({-1, x_in.size(-1)}).contiguous();
   const int64_t M = x.size(0), K = x.size(1), groups = K / group, row_bytes = packed ? K / 2 : K;
@@ -344,8 +344,8 @@ at::Tensor q8_linear(const at::Tensor& x_in, const uint8_t* q, bool int8, bool p
         float y[4];
         const int8_t *xq = t.q.data() + m * K, *xa = t.abs_q.data() + m * K;
         const float* xs = t.scale.data() + m * K / kBlock;
-        if (int8) q8_dot4<Codes::kInt8>(w, ws, xq, xa, xs, K, group, y);
-        else if (unpacked.empty() && packed) q8_dot4<Codes::kPacked4>(w, ws, xq, xa, xs, K, group, y);
+        if (!packed) q8_dot4<Codes::kInt8>(w, ws, xq, xa, xs, K, group, y);
+        else if (unpacked.empty()) q8_dot4<Codes::kPacked4>(w, ws, xq, xa, xs, K, group, y);
         else q8_dot4<Codes::kNibbleBytes>(w, ws, xq, xa, xs, K, group, y);
         for (int64_t i = 0; i < rows; ++i) {
           float v = y[i];
@@ -392,7 +392,7 @@ at::Tensor int8_q8_linear(const at::Tensor& x, const at::Tensor& q, const at::Te
   const bool has_offset = offset.numel() > 0;
   TORCH_CHECK(!has_offset || (offset.sizes() == scale.sizes() && offset.scalar_type() == at::kFloat && offset.is_contiguous()),
               "int8_q8_linear: offset must be empty or shaped like scale");
-  return q8_linear(x, static_cast<const uint8_t*>(q.data_ptr()), !packed, packed, scale.data_ptr<float>(),
+  return q8_linear(x, static_cast<const uint8_t*>(q.data_ptr()), packed, scale.data_ptr<float>(),
                    has_offset ? offset.data_ptr<float>() : nullptr, N, group);
 }
 

@@ -144,6 +144,7 @@ class QuantLinearMethod:
         self.weight: QuantizedWeight | None = None  # int8 mode, after finish()
         self.fp16: torch.Tensor | None = None  # fp16 mode, after finish()
         self.q8_activations = False  # int8: activations quantized per 32 for an integer dot (where shapes allow)
+        self.offset_arg: torch.Tensor | None = None  # int8: the offsets, or an empty tensor, as the kernels take them
         self.kernels = cpu_quant_ops() if dtype == torch.float32 else None
 
     def load(self, piece: QuantizedWeight | torch.Tensor, row_offset: int) -> None:
@@ -166,6 +167,8 @@ class QuantLinearMethod:
             self.q8_activations = self.weight.shape[1] % Q8_BLOCK == 0 and self.weight.group_size % Q8_BLOCK == 0
             if self.q8_activations:  # 4-bit codes are read as 4 bits: half the bytes of a decode step
                 self.weight = pack_int4(self.weight) or self.weight
+            # the kernels take an empty tensor for "no offsets": made once, not per call on the decode path
+            self.offset_arg = self.weight.offset if self.weight.offset is not None else torch.empty(0)
         else:
             self.fp16 = torch.cat([_dense(p, torch.float16) for p in pieces]).contiguous()
         layer.weight = nn.Parameter(layer.weight.new_empty(0), requires_grad=False)
@@ -177,11 +180,11 @@ class QuantLinearMethod:
             if self.fp16 is not None:
                 return F.linear(x, self.fp16.float())
             w = self.weight
-            return F.linear(x, self.kernels.int8_dequantize(w.q, w.scale, x.new_empty(0) if w.offset is None else w.offset))
+            return F.linear(x, self.kernels.int8_dequantize(w.q, w.scale, self.offset_arg))
         if self.fp16 is not None:
             return self.kernels.fp16_linear(x, self.fp16)
         w = self.weight
-        offset = x.new_empty(0) if w.offset is None else w.offset
+        offset = self.offset_arg
         if self.q8_activations:
             return self.kernels.int8_q8_linear(x, w.q, w.scale, offset)
         return self.kernels.int8_linear(x, w.q, w.scale, offset)
