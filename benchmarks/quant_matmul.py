@@ -7,7 +7,8 @@ fbgemm's fp16 weights, fbgemm's dynamic W8A8 (per-tensor activation scales: unus
 reference for speed only), torch's `_weight_int8pack_mm`, an inductor-generated dequantize-in-the-loop
 int8 GEMV, and this project's AVX2 kernels (engine/model/cpu_quant_kernels.cpp: int8 weights with a
 per-row or per-32-column scale, fp16 weights; fp32 activations; and the int8 mode's integer dots against
-activations quantized per 32, on int8 and on packed 4-bit codes). Enough copies of each weight are cycled that they come
+activations quantized per 32, on int8 and on packed 4-bit codes, rows interleaved 8 wide; and prefill's
+path for larger batches: widen those weights, then fp32 GEMM). Enough copies of each weight are cycled that they come
 from DRAM, as in serving. The max abs error of each against x @ W_deq^T is printed beside it.
 """
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.model.cpu_quant import cpu_quant_ops
-from engine.model.quant import QuantizedWeight, pack_int4, quantize_int8
+from engine.model.quant import InterleavedWeight, QuantizedWeight, pack_int4, quantize_int8
 
 SHAPES = {"lm_head": (49152, 576), "gate_up": (1536 * 2, 576), "gate": (1536, 576), "o": (576, 576),
           "down": (576, 1536)}
@@ -76,11 +77,15 @@ def candidates(n: int, k: int, rows: int, copies: int) -> dict[str, list[Callabl
         out["ours fp16"] = [lambda h=h: ops.fp16_linear(x, h) for h in halves]
         # the int8 mode's decode path: integer dots against activations quantized per 32 (Q8_0), on int8 codes
         # and on 4-bit codes packed two per byte with Q4_1-style offsets (the default GGUF's layers)
+        # (weights interleaved 8 rows wide, as the int8 mode serves them), and what prefill-sized batches do:
+        # widen the interleaved weight in C++, then oneDNN's fp32 GEMM
         q4 = [pack_int4(QuantizedWeight(torch.randint(0, 16, (n, k), dtype=torch.int8), g.scale, -8 * g.scale))
               for g in g32]
-        out["ours q8 x int8"] = [lambda g=g: ops.int8_q8_linear(x, g.q, g.scale, none) for g in g32]
-        out["ours q8 x 4bit"] = [lambda w=w: ops.int8_q8_linear(x, w.q, w.scale, w.offset) for w in q4]
-        own["ours q8 x 4bit"] = q4[0].dequantize()
+        il8, il4 = [InterleavedWeight.of(g) for g in g32], [InterleavedWeight.of(w) for w in q4]
+        out["ours q8 x int8"] = [lambda w=w: ops.int8_x8_linear(x, w.q, w.scale, w.offset) for w in il8]
+        out["ours q8 x 4bit"] = [lambda w=w: ops.int8_x8_linear(x, w.q, w.scale, w.offset) for w in il4]
+        out["widen 4bit+GEMM"] = [lambda w=w: F.linear(x, ops.int8_dequantize(w.q, w.scale, w.offset)) for w in il4]
+        own["ours q8 x 4bit"] = own["widen 4bit+GEMM"] = q4[0].dequantize()
     ref = F.linear(x, rows_q[0].dequantize())
     for name, fns in out.items():
         wanted = F.linear(x, own[name]) if name in own else F.linear(x, g32[0].dequantize()) if "g32" in name or "q8" in name else ref

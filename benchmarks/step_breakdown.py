@@ -34,7 +34,7 @@ from engine.core.llm_engine import LLMEngine
 
 PHASES = ("schedule", "prepare", "forward", "logits", "sample", "process")
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "mkldnn::_linear_pointwise", "exaone_cpu::int8_linear",
-              "exaone_cpu::int8_q8_linear",
+              "exaone_cpu::int8_x8_linear",
               "exaone_cpu::fp16_linear"}
 
 

@@ -32,6 +32,10 @@ class CompiledDecoder:
             layer.self_attn.compiled_id = self.id
         self.meta: AttentionMetadata | None = None
         self.kv_caches: list[torch.Tensor] = []
+        # Every decoder compiles the same code (guarded on its own layers), each with up to ~4 variants (one
+        # token, more, past each quantized layer's row limit): dynamo's default of 8 per code would send the
+        # third engine in a process (tests, a draft model) back to eager, where attention has no metadata.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self._run = torch.compile(self._layers, dynamic=True)
 
     def __call__(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata,

@@ -48,13 +48,13 @@ def _register_fakes() -> None:
     def _(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
         return x.new_empty(*x.shape[:-1], q.shape[0])
 
-    @torch.library.register_fake("exaone_cpu::int8_q8_linear")
+    @torch.library.register_fake("exaone_cpu::int8_x8_linear")
     def _(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        return x.new_empty(*x.shape[:-1], q.shape[0])
+        return x.new_empty(*x.shape[:-1], q.shape[0] * 8)  # rows interleaved 8 wide (quant.InterleavedWeight)
 
     @torch.library.register_fake("exaone_cpu::int8_dequantize")
     def _(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-        return scale.new_empty(q.shape[0], q.shape[1] * (2 if q.dtype == torch.uint8 else 1))
+        return scale.new_empty(q.shape[0] * 8, q.shape[1] // (4 if q.dtype == torch.uint8 else 8))
 
     @torch.library.register_fake("exaone_cpu::fp16_linear")
     def _(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,7 @@ def _register_fakes() -> None:
 
 
 def cpu_quant_ops() -> ModuleType | None:
-    """torch.ops.exaone_cpu (int8_linear, int8_q8_linear, int8_dequantize, fp16_linear) where this CPU runs them, else None."""
+    """torch.ops.exaone_cpu (int8_linear, int8_x8_linear, int8_dequantize, fp16_linear) where this CPU runs them, else None."""
     if not quant_kernel_path()[0] or not _build():
         return None
     return torch.ops.exaone_cpu

@@ -271,91 +271,114 @@ Q8Tokens quantize_tokens(const float* x, int64_t M, int64_t K, int64_t group, bo
   return t;
 }
 
-// How a block of 32 weights is stored: int8 codes (signed, so maddubs needs the sign trick), 4-bit codes
-// 0..15 one per byte (maddubs takes them as they are: 2 x 15 x 127 cannot saturate), or 4-bit codes two
-// per byte (llama.cpp's Q4 layout: byte j holds code j in its low nibble and code j + 16 in its high one).
-enum class Codes { kInt8, kNibbleBytes, kPacked4 };
+// ---- Weights interleaved 8 rows wide for the integer dots (as llama.cpp repacks its Q4_0 / Q8_0 for AVX2) ----
+// A group of 8 rows is stored block by block: each 32-byte vector holds 4 consecutive codes of each of the
+// 8 rows (int8), or 8 (4-bit, the second 4 in the high nibbles), so one maddubs against a token's 4
+// activations broadcast leaves one partial sum per row in each lane: a block's 32 products per row come
+// out in one vector, scaled once by the 8 rows' scales (a vector load) times the token's. 4-bit products
+// (|pair| <= 2 x 15 x 127) sum in int16 over the whole block; int8 ones (sign trick) in int32. A tile of
+// up to 4 tokens shares each weight vector; the row group (a few KB) stays in L1 across tiles.
+constexpr int64_t kLanes = 8;
 
-template <Codes C>
-inline __m256i load_block(const uint8_t* row, int64_t b) {
-  if constexpr (C == Codes::kPacked4) {
-    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + b * kBlock / 2));
-    const __m128i low = _mm_set1_epi8(0x0F);
-    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), low), _mm_and_si128(raw, low));
-  } else {
-    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + b * kBlock));
+template <bool Packed, int T>
+inline void x8_tile(const uint8_t* wg, const float* sg, const float* og, const Q8Tokens& t, int64_t m0,
+                    int64_t K, int64_t group, float* out, int64_t N) {
+  const __m256i ones = _mm256_set1_epi16(1), low = _mm256_set1_epi8(0x0F);
+  const int64_t blocks = K / kBlock, per_group = group / kBlock, groups = K / group;
+  const int8_t* xq[T];
+  const int8_t* xa[T];
+  const float* xs[T];
+  __m256 acc[T];
+  for (int j = 0; j < T; ++j) {
+    xq[j] = t.q.data() + (m0 + j) * K;
+    xa[j] = t.abs_q.data() + (m0 + j) * K;
+    xs[j] = t.scale.data() + (m0 + j) * blocks;
+    acc[j] = _mm256_setzero_ps();
   }
-}
-
-// Four weight rows (w[i]: one row's codes, ws[i]: its K / group scales) against one quantized token.
-template <Codes C>
-inline void q8_dot4(const uint8_t* const w[4], const float* const ws[4], const int8_t* xq, const int8_t* xa,
-                    const float* xs, int64_t K, int64_t group, float out[4]) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  const int64_t per_group = group / kBlock;
-  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-  for (int64_t b = 0; b < K / kBlock; ++b) {
-    const int64_t g = b / per_group;
-    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * kBlock));
-    const __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xa + b * kBlock));
-    const __m256 sx = _mm256_set1_ps(xs[b]);
-    auto dot = [&](const uint8_t* row) {  // the block's 32 products as 8 fp32 partial sums, exact
-      const __m256i wv = load_block<C>(row, b);
-      const __m256i pairs = C == Codes::kInt8 ? _mm256_maddubs_epi16(av, _mm256_sign_epi8(wv, xv))
-                                              : _mm256_maddubs_epi16(wv, xv);
-      return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones)), sx);
-    };
-    a0 = _mm256_fmadd_ps(dot(w[0]), _mm256_set1_ps(ws[0][g]), a0);
-    a1 = _mm256_fmadd_ps(dot(w[1]), _mm256_set1_ps(ws[1][g]), a1);
-    a2 = _mm256_fmadd_ps(dot(w[2]), _mm256_set1_ps(ws[2][g]), a2);
-    a3 = _mm256_fmadd_ps(dot(w[3]), _mm256_set1_ps(ws[3][g]), a3);
-  }
-  out[0] = hsum(a0); out[1] = hsum(a1); out[2] = hsum(a2); out[3] = hsum(a3);
-}
-
-// y = x W^T for M tokens: each task takes four weight rows (they stay in L1) through every token. Packed
-// 4-bit rows are read packed for one token (a decode step is bound by reading weights) and unpacked once
-// into a byte buffer for several (then it is bound by arithmetic).
-at::Tensor q8_linear(const at::Tensor& x_in, const uint8_t* q, bool packed, const float* scale,
-                     const float* offset, int64_t N, int64_t group) {
-  const at::Tensor x = x_in.reshape({-1, x_in.size(-1)}).contiguous();
-  const int64_t M = x.size(0), K = x.size(1), groups = K / group, row_bytes = packed ? K / 2 : K;
-  const Q8Tokens t = quantize_tokens(x.data_ptr<float>(), M, K, group, offset != nullptr);
-  at::Tensor out = at::empty({M, N}, x.options());
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, (N + 3) / 4, 8, [&](int64_t begin, int64_t end) {
-    std::vector<uint8_t> unpacked(packed && M > 1 ? 4 * K : 0);
-    for (int64_t rb = begin; rb < end; ++rb) {
-      const int64_t n0 = 4 * rb, rows = std::min<int64_t>(4, N - n0);
-      const uint8_t* w[4];
-      const float* ws[4];
-      for (int64_t i = 0; i < 4; ++i) {  // a short last block repeats its last row
-        const int64_t n = n0 + std::min(i, rows - 1);
-        w[i] = q + n * row_bytes;
-        ws[i] = scale + n * groups;
-        if (!unpacked.empty()) {
-          uint8_t* dst = unpacked.data() + i * K;
-          for (int64_t b = 0; b < K / kBlock; ++b)
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + b * kBlock), load_block<Codes::kPacked4>(w[i], b));
-          w[i] = dst;
+  auto bcast = [](const int8_t* p) { return _mm256_set1_epi32(*reinterpret_cast<const int32_t*>(p)); };
+  for (int64_t b = 0; b < blocks; ++b) {
+    __m256i sum[T];
+    if constexpr (Packed) {
+      const uint8_t* wb = wg + b * kBlock * kLanes / 2;
+      for (int c = 0; c < 4; ++c) {
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 32 * c));
+        const __m256i lo = _mm256_and_si256(raw, low), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low);
+        for (int j = 0; j < T; ++j) {
+          const int8_t* x = xq[j] + b * kBlock + 8 * c;
+          const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast(x)), _mm256_maddubs_epi16(hi, bcast(x + 4)));
+          sum[j] = c == 0 ? p : _mm256_add_epi16(sum[j], p);
         }
       }
-      for (int64_t m = 0; m < M; ++m) {
-        float y[4];
-        const int8_t *xq = t.q.data() + m * K, *xa = t.abs_q.data() + m * K;
-        const float* xs = t.scale.data() + m * K / kBlock;
-        if (!packed) q8_dot4<Codes::kInt8>(w, ws, xq, xa, xs, K, group, y);
-        else if (unpacked.empty()) q8_dot4<Codes::kPacked4>(w, ws, xq, xa, xs, K, group, y);
-        else q8_dot4<Codes::kNibbleBytes>(w, ws, xq, xa, xs, K, group, y);
-        for (int64_t i = 0; i < rows; ++i) {
-          float v = y[i];
-          if (offset != nullptr)
-            for (int64_t g = 0; g < groups; ++g) v += offset[(n0 + i) * groups + g] * t.group_sum[m * groups + g];
-          op[m * N + n0 + i] = v;
+      for (int j = 0; j < T; ++j) sum[j] = _mm256_madd_epi16(sum[j], ones);
+    } else {
+      const uint8_t* wb = wg + b * kBlock * kLanes;
+      for (int s = 0; s < 8; ++s) {
+        const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + 32 * s));
+        for (int j = 0; j < T; ++j) {
+          const int64_t k = b * kBlock + 4 * s;
+          const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(bcast(xa[j] + k), _mm256_sign_epi8(w, bcast(xq[j] + k))), ones);
+          sum[j] = s == 0 ? p : _mm256_add_epi32(sum[j], p);
         }
       }
     }
+    const __m256 dw = _mm256_loadu_ps(sg + (b / per_group) * kLanes);
+    for (int j = 0; j < T; ++j)
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[j]), _mm256_mul_ps(dw, _mm256_set1_ps(xs[j][b])), acc[j]);
+  }
+  if (og != nullptr)
+    for (int64_t g = 0; g < groups; ++g) {
+      const __m256 o = _mm256_loadu_ps(og + g * kLanes);
+      for (int j = 0; j < T; ++j) acc[j] = _mm256_fmadd_ps(o, _mm256_set1_ps(t.group_sum[(m0 + j) * groups + g]), acc[j]);
+    }
+  for (int j = 0; j < T; ++j) _mm256_storeu_ps(out + (m0 + j) * N, acc[j]);
+}
+
+template <bool Packed>
+void x8_linear(const Q8Tokens& t, int64_t M, const uint8_t* q, const float* scale, const float* offset, int64_t N,
+               int64_t K, int64_t group, float* out) {
+  const int64_t groups = K / group, group_bytes = Packed ? K * kLanes / 2 : K * kLanes;
+  at::parallel_for(0, N / kLanes, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const uint8_t* wg = q + r * group_bytes;
+      const float* sg = scale + r * groups * kLanes;
+      const float* og = offset == nullptr ? nullptr : offset + r * groups * kLanes;
+      float* o = out + r * kLanes;
+      int64_t m = 0;
+      for (; m + 4 <= M; m += 4) x8_tile<Packed, 4>(wg, sg, og, t, m, K, group, o, N);
+      switch (M - m) {
+        case 3: x8_tile<Packed, 3>(wg, sg, og, t, m, K, group, o, N); break;
+        case 2: x8_tile<Packed, 2>(wg, sg, og, t, m, K, group, o, N); break;
+        case 1: x8_tile<Packed, 1>(wg, sg, og, t, m, K, group, o, N); break;
+        default: break;
+      }
+    }
   });
+}
+
+// x [.., K] against interleaved weights: q int8 [N / 8, 8 K] or packed uint8 [N / 8, 4 K]; scale (and offset)
+// [N / 8, K / group, 8] fp32 (engine.model.quant.interleave). K and the group: multiples of 32.
+at::Tensor int8_x8_linear(const at::Tensor& x_in, const at::Tensor& q, const at::Tensor& scale, const at::Tensor& offset) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat, "activations must be float32");
+  const bool packed = q.scalar_type() == at::kByte;
+  TORCH_CHECK(q.dim() == 2 && (packed || q.scalar_type() == at::kChar) && q.is_contiguous(),
+              "int8_x8_linear: q must be contiguous int8 [N / 8, 8 K] or packed uint8 [N / 8, 4 K]");
+  const int64_t N = q.size(0) * kLanes, K = q.size(1) / (packed ? kLanes / 2 : kLanes);
+  TORCH_CHECK(x_in.size(-1) == K && K % kBlock == 0, "int8_x8_linear: x's last dim must be K, a multiple of 32");
+  TORCH_CHECK(scale.dim() == 3 && scale.size(0) == N / kLanes && scale.size(2) == kLanes &&
+              scale.scalar_type() == at::kFloat && scale.is_contiguous(), "int8_x8_linear: scale must be [N / 8, K / group, 8]");
+  const int64_t group = K / scale.size(1);
+  TORCH_CHECK(group * scale.size(1) == K && group % kBlock == 0, "int8_x8_linear: group size must divide K and be a multiple of 32");
+  const bool has_offset = offset.numel() > 0;
+  TORCH_CHECK(!has_offset || (offset.sizes() == scale.sizes() && offset.scalar_type() == at::kFloat && offset.is_contiguous()),
+              "int8_x8_linear: offset must be empty or shaped like scale");
+  const at::Tensor x = x_in.reshape({-1, K}).contiguous();
+  const int64_t M = x.size(0);
+  const Q8Tokens t = quantize_tokens(x.data_ptr<float>(), M, K, group, has_offset);
+  at::Tensor out = at::empty({M, N}, x.options());
+  const uint8_t* qp = static_cast<const uint8_t*>(q.data_ptr());
+  const float* op = has_offset ? offset.data_ptr<float>() : nullptr;
+  if (packed) x8_linear<true>(t, M, qp, scale.data_ptr<float>(), op, N, K, group, out.data_ptr<float>());
+  else x8_linear<false>(t, M, qp, scale.data_ptr<float>(), op, N, K, group, out.data_ptr<float>());
   return out.view(out_shape(x_in, N));
 }
 
@@ -376,55 +399,44 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tenso
   return linear(x, Int8Rows<false>{q.data_ptr<int8_t>(), scale.data_ptr<float>(), nullptr, K, group}, N);
 }
 
-// Weights against activations quantized per 32 (q8_linear). q: int8 [N, K] codes, or uint8 4-bit codes
-// 0..15 packed two per byte [N, K / 2]; scale (and offset) [N, K / group]. K and the group: multiples of 32.
-at::Tensor int8_q8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale, const at::Tensor& offset) {
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "activations must be float32");
-  const bool packed = q.scalar_type() == at::kByte;
-  TORCH_CHECK(q.dim() == 2 && (packed || q.scalar_type() == at::kChar) && q.is_contiguous(),
-              "int8_q8_linear: q must be contiguous int8 [N, K] or packed uint8 [N, K / 2]");
-  const int64_t N = q.size(0), K = packed ? 2 * q.size(1) : q.size(1);
-  TORCH_CHECK(x.size(-1) == K && K % kBlock == 0, "int8_q8_linear: x's last dim must be K, a multiple of 32");
-  TORCH_CHECK(scale.dim() == 2 && scale.size(0) == N && scale.scalar_type() == at::kFloat && scale.is_contiguous(),
-              "int8_q8_linear: scale must be contiguous fp32 [N, K / group]");
-  const int64_t group = K / scale.size(1);
-  TORCH_CHECK(group * scale.size(1) == K && group % kBlock == 0, "int8_q8_linear: group size must divide K and be a multiple of 32");
-  const bool has_offset = offset.numel() > 0;
-  TORCH_CHECK(!has_offset || (offset.sizes() == scale.sizes() && offset.scalar_type() == at::kFloat && offset.is_contiguous()),
-              "int8_q8_linear: offset must be empty or shaped like scale");
-  return q8_linear(x, static_cast<const uint8_t*>(q.data_ptr()), packed, scale.data_ptr<float>(),
-                   has_offset ? offset.data_ptr<float>() : nullptr, N, group);
-}
-
-// The fp32 matrix of int8 or packed 4-bit weights (as int8_q8_linear takes them), for prefill-sized GEMMs:
-// rows widened in parallel, a fraction of what torch's elementwise ops take for the same.
+// The fp32 matrix [N, K] of interleaved weights (as int8_x8_linear takes them), for prefill-sized GEMMs: each
+// row group is put back row by row into a small buffer, then widened with its scales as Int8Rows widens.
 at::Tensor int8_dequantize(const at::Tensor& q, const at::Tensor& scale, const at::Tensor& offset) {
   const bool packed = q.scalar_type() == at::kByte;
   TORCH_CHECK(q.dim() == 2 && (packed || q.scalar_type() == at::kChar) && q.is_contiguous(),
-              "int8_dequantize: q must be contiguous int8 [N, K] or packed uint8 [N, K / 2]");
-  const int64_t N = q.size(0), K = packed ? 2 * q.size(1) : q.size(1), group = K / scale.size(1);
-  TORCH_CHECK(scale.size(0) == N && group * scale.size(1) == K && group % 8 == 0 && scale.is_contiguous(),
-              "int8_dequantize: scale must be contiguous fp32 [N, K / group], group a multiple of 8");
-  TORCH_CHECK(!packed || K % kBlock == 0, "int8_dequantize: packed rows need K % 32 == 0");
+              "int8_dequantize: q must be contiguous int8 [N / 8, 8 K] or packed uint8 [N / 8, 4 K]");
+  const int64_t N = q.size(0) * kLanes, K = q.size(1) / (packed ? kLanes / 2 : kLanes);
+  TORCH_CHECK(K % kBlock == 0 && scale.dim() == 3 && scale.size(0) == N / kLanes && scale.size(2) == kLanes &&
+              scale.is_contiguous(), "int8_dequantize: scale must be contiguous fp32 [N / 8, K / group, 8]");
+  const int64_t groups = scale.size(1), group = K / groups;
   const bool has_offset = offset.numel() > 0;
   at::Tensor out = at::empty({N, K}, scale.options());
   const uint8_t* qp = static_cast<const uint8_t*>(q.data_ptr());
-  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
-    std::vector<int8_t> codes(packed ? K : 0);
-    for (int64_t n = begin; n < end; ++n) {
-      const int8_t* row = reinterpret_cast<const int8_t*>(qp) + n * K;
-      if (packed) {
-        for (int64_t b = 0; b < K / kBlock; ++b)
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes.data() + b * kBlock),
-                              load_block<Codes::kPacked4>(qp + n * (K / 2), b));
-        row = codes.data();
-      }
-      const float* s = scale.data_ptr<float>() + n * (K / group);
-      float* dst = out.data_ptr<float>() + n * K;
-      if (has_offset)
-        Int8Rows<true>{row, s, offset.data_ptr<float>() + n * (K / group), K, group}.widen(0, 1, dst);
-      else
-        Int8Rows<false>{row, s, nullptr, K, group}.widen(0, 1, dst);
+  at::parallel_for(0, N / kLanes, 4, [&](int64_t begin, int64_t end) {
+    std::vector<int8_t> codes(kLanes * K);
+    std::vector<float> s(kLanes * groups), o(has_offset ? kLanes * groups : 0);
+    for (int64_t r = begin; r < end; ++r) {
+      const uint8_t* wg = qp + r * q.size(1);
+      for (int64_t b = 0; b < K / kBlock; ++b)
+        for (int c = 0; c < (packed ? 4 : 8); ++c) {  // one 32-byte vector: 4 codes (or 4 + 4) of each row
+          const uint8_t* v = wg + b * kBlock * kLanes / (packed ? 2 : 1) + 32 * c;
+          for (int64_t i = 0; i < kLanes; ++i)
+            for (int kk = 0; kk < 4; ++kk) {
+              const uint8_t byte = v[4 * i + kk];
+              int8_t* dst = codes.data() + i * K + b * kBlock + (packed ? 8 : 4) * c + kk;
+              if (packed) { dst[0] = byte & 0x0F; dst[4] = byte >> 4; }
+              else dst[0] = static_cast<int8_t>(byte);
+            }
+        }
+      const float* sg = scale.data_ptr<float>() + r * groups * kLanes;
+      for (int64_t g = 0; g < groups; ++g)
+        for (int64_t i = 0; i < kLanes; ++i) {
+          s[i * groups + g] = sg[g * kLanes + i];
+          if (has_offset) o[i * groups + g] = offset.data_ptr<float>()[(r * groups + g) * kLanes + i];
+        }
+      float* dst = out.data_ptr<float>() + r * kLanes * K;
+      if (has_offset) Int8Rows<true>{codes.data(), s.data(), o.data(), K, group}.widen(0, kLanes, dst);
+      else Int8Rows<false>{codes.data(), s.data(), nullptr, K, group}.widen(0, kLanes, dst);
     }
   });
   return out;
@@ -440,14 +452,14 @@ at::Tensor fp16_linear(const at::Tensor& x, const at::Tensor& w) {
 
 TORCH_LIBRARY(exaone_cpu, m) {
   m.def("int8_linear(Tensor x, Tensor q, Tensor scale, Tensor offset) -> Tensor");
-  m.def("int8_q8_linear(Tensor x, Tensor q, Tensor scale, Tensor offset) -> Tensor");
+  m.def("int8_x8_linear(Tensor x, Tensor q, Tensor scale, Tensor offset) -> Tensor");
   m.def("int8_dequantize(Tensor q, Tensor scale, Tensor offset) -> Tensor");
   m.def("fp16_linear(Tensor x, Tensor w) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(exaone_cpu, CPU, m) {
   m.impl("int8_linear", &int8_linear);
-  m.impl("int8_q8_linear", &int8_q8_linear);
+  m.impl("int8_x8_linear", &int8_x8_linear);
   m.impl("int8_dequantize", &int8_dequantize);
   m.impl("fp16_linear", &fp16_linear);
 }

@@ -40,13 +40,32 @@ INT8_GROUP_SIZE = 32  # fp32 weights quantized to int8 get one scale per 32 colu
 # Decode batches quantize their activations per 32 values (Q8_0's rule, as llama.cpp's CPU dot products do)
 # and take integer dot products with the int8 weights; shapes that do not fit keep fp32 activations.
 Q8_BLOCK = 32
-# The integer dot stays ahead of widening the weight for fp32 GEMM up to ~64-128 rows (a widened LM head
-# costs ~30 ms to write), so short prompts and prefill chunks up to here take it too.
-Q8_KERNEL_MAX_ROWS = 64
+# On weights interleaved 8 rows wide the integer dot beats widening them for fp32 GEMM at every batch
+# measured on AVX2 (up to 512 rows, benchmarks/quant_matmul.py), so prefill chunks take it too; beyond this
+# (long prompts in one chunk, where AVX-512's fp32 GEMM may lead) the weight is widened once per call.
+Q8_KERNEL_MAX_ROWS = 256
+
+
+class _Codes:
+    """What both layouts of quantized codes answer alike (they have q, scale and shape)."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    shape: torch.Size
+
+    @property
+    def packed(self) -> bool:
+        """Whether q holds 4-bit codes two per byte."""
+        return self.q.dtype == torch.uint8
+
+    @property
+    def group_size(self) -> int:
+        """Columns per scale."""
+        return self.shape[1] // self.scale.shape[1]
 
 
 @dataclass
-class QuantizedWeight:
+class QuantizedWeight(_Codes):
     """An [N, K] matrix as int8 q with [N, K / group] fp32 scales and optional offsets: q * scale + offset.
     A uint8 q of [N, K / 2] holds 4-bit codes two per byte (pack_int4)."""
 
@@ -59,16 +78,6 @@ class QuantizedWeight:
         """The shape of the matrix it stands for (as a checkpoint tensor's)."""
         n, k = self.q.shape
         return torch.Size((n, 2 * k)) if self.packed else self.q.shape
-
-    @property
-    def packed(self) -> bool:
-        """Whether q holds 4-bit codes two per byte."""
-        return self.q.dtype == torch.uint8
-
-    @property
-    def group_size(self) -> int:
-        """Columns per scale."""
-        return self.shape[1] // self.scale.shape[1]
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The matrix in `dtype`, computed in fp32 as the kernels compute it."""
@@ -124,6 +133,52 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     return torch.cat([blocks & 0x0F, blocks >> 4], dim=-1).view(packed.shape[0], -1)
 
 
+LANES = 8  # rows the integer-dot kernels take side by side (int8_x8_linear)
+
+
+@dataclass
+class InterleavedWeight(_Codes):
+    """A QuantizedWeight laid out for the integer-dot kernels: rows in groups of 8, each 32-byte vector of a
+    block holding 4 columns of all 8 (int8), or 8 (4-bit: the second 4 in the high nibbles); scales and
+    offsets [N / 8, K / group, 8]. `offset` is empty where there are none (as the kernels take it)."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+    offset: torch.Tensor
+    shape: torch.Size
+
+    @classmethod
+    def of(cls, w: QuantizedWeight) -> InterleavedWeight | None:
+        """w's codes interleaved (4-bit ones kept two per byte); None where N % 8, K % 32 or the group % 32."""
+        n, k = w.shape
+        if n % LANES or k % Q8_BLOCK or w.group_size % Q8_BLOCK:
+            return None
+        codes = unpack_int4(w.q) if w.packed else w.q
+        if w.packed:  # group, block, vector, row, 4 columns; the second 4 go to the high nibbles
+            c = codes.view(n // LANES, LANES, k // Q8_BLOCK, 4, 2, 4).permute(0, 2, 3, 4, 1, 5)
+            q = (c[:, :, :, 0] | (c[:, :, :, 1] << 4)).contiguous().view(n // LANES, -1)
+        else:
+            q = codes.view(n // LANES, LANES, k // Q8_BLOCK, 8, 4).permute(0, 2, 3, 1, 4).contiguous().view(n // LANES, -1)
+
+        def lanes(t: torch.Tensor) -> torch.Tensor:
+            return t.view(n // LANES, LANES, -1).transpose(1, 2).contiguous()
+
+        offset = torch.empty(0) if w.offset is None else lanes(w.offset)
+        return cls(q, lanes(w.scale), offset, w.shape)
+
+    def rows(self, ids: torch.Tensor) -> QuantizedWeight:
+        """Rows `ids` in the row-major layout (codes one per byte), e.g. for a tied embedding's lookup."""
+        n, k = self.shape
+        group, lane = ids // LANES, ids % LANES
+        if self.packed:
+            v = self.q.view(n // LANES, k // Q8_BLOCK, 4, LANES, 4)[group, :, :, lane]  # [ids, blocks, 4, 4]
+            codes = torch.stack([v & 0x0F, v >> 4], dim=-2).view(len(ids), k).to(torch.int8)
+        else:
+            codes = self.q.view(n // LANES, k // Q8_BLOCK, 8, LANES, 4)[group, :, :, lane].reshape(len(ids), k)
+        offset = self.offset[group, :, lane] if self.offset.numel() else None
+        return QuantizedWeight(codes, self.scale[group, :, lane], offset)
+
+
 def concat_rows(parts: list[QuantizedWeight]) -> QuantizedWeight:
     """Stack parts by rows (fused q/k/v, gate/up); parts with other group sizes are requantized to the first's."""
     group = parts[0].group_size
@@ -141,10 +196,10 @@ class QuantLinearMethod:
     def __init__(self, mode: str, dtype: torch.dtype) -> None:
         self.mode, self.dtype = mode, dtype
         self.parts: dict[int, QuantizedWeight | torch.Tensor] = {}  # row offset -> this rank's slice
-        self.weight: QuantizedWeight | None = None  # int8 mode, after finish()
+        self.interleaved: InterleavedWeight | None = None  # int8 mode, after finish(), where shapes allow it
+        self.weight: QuantizedWeight | None = None  # int8 mode where they do not: fp32 activations
+        self.offset_arg: torch.Tensor | None = None  # self.weight's offsets, or an empty tensor, as the kernels take them
         self.fp16: torch.Tensor | None = None  # fp16 mode, after finish()
-        self.q8_activations = False  # int8: activations quantized per 32 for an integer dot (where shapes allow)
-        self.offset_arg: torch.Tensor | None = None  # int8: the offsets, or an empty tensor, as the kernels take them
         self.kernels = cpu_quant_ops() if dtype == torch.float32 else None
 
     def load(self, piece: QuantizedWeight | torch.Tensor, row_offset: int) -> None:
@@ -162,44 +217,51 @@ class QuantLinearMethod:
             layer.quant_method = None
             return
         if self.mode == "int8":
-            self.weight = concat_rows([p if isinstance(p, QuantizedWeight) else quantize_int8(_dense(p, torch.float32))
-                                       for p in pieces])
-            self.q8_activations = self.weight.shape[1] % Q8_BLOCK == 0 and self.weight.group_size % Q8_BLOCK == 0
-            if self.q8_activations:  # 4-bit codes are read as 4 bits: half the bytes of a decode step
-                self.weight = pack_int4(self.weight) or self.weight
-            # the kernels take an empty tensor for "no offsets": made once, not per call on the decode path
-            self.offset_arg = self.weight.offset if self.weight.offset is not None else torch.empty(0)
+            weight = concat_rows([p if isinstance(p, QuantizedWeight) else quantize_int8(_dense(p, torch.float32))
+                                  for p in pieces])
+            # 4-bit codes are read as 4 bits: half the bytes of a decode step
+            self.interleaved = InterleavedWeight.of(pack_int4(weight) or weight)
+            if self.interleaved is None:
+                self.weight = weight
+                # the kernel takes an empty tensor for "no offsets": made once, not per call on the decode path
+                self.offset_arg = weight.offset if weight.offset is not None else torch.empty(0)
         else:
             self.fp16 = torch.cat([_dense(p, torch.float16) for p in pieces]).contiguous()
         layer.weight = nn.Parameter(layer.weight.new_empty(0), requires_grad=False)
 
+    @property
+    def row_limit(self) -> int:
+        """Rows up to which a call takes the kernels; larger ones widen the weight and run MKL's fp32 GEMM."""
+        return Q8_KERNEL_MAX_ROWS if self.interleaved is not None else KERNEL_MAX_ROWS
+
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """x W^T in fp32; prefill-sized batches widen the weight once and run MKL's GEMM on it."""
         assert self.kernels is not None
-        if x.shape[0] > (Q8_KERNEL_MAX_ROWS if self.q8_activations else KERNEL_MAX_ROWS):
-            if self.fp16 is not None:
-                return F.linear(x, self.fp16.float())
-            w = self.weight
-            return F.linear(x, self.kernels.int8_dequantize(w.q, w.scale, self.offset_arg))
+        il, w = self.interleaved, self.weight
+        if x.shape[0] > self.row_limit:
+            if il is not None:
+                return F.linear(x, self.kernels.int8_dequantize(il.q, il.scale, il.offset))
+            return F.linear(x, self.fp16.float() if self.fp16 is not None else w.dequantize())
+        if il is not None:
+            return self.kernels.int8_x8_linear(x, il.q, il.scale, il.offset)
         if self.fp16 is not None:
             return self.kernels.fp16_linear(x, self.fp16)
-        w = self.weight
-        offset = self.offset_arg
-        if self.q8_activations:
-            return self.kernels.int8_q8_linear(x, w.q, w.scale, offset)
-        return self.kernels.int8_linear(x, w.q, w.scale, offset)
+        return self.kernels.int8_linear(x, w.q, w.scale, self.offset_arg)
 
     def embedding(self, ids: torch.Tensor) -> torch.Tensor:
         """Rows of the weight for token ids (a tied embedding), dequantized."""
         if self.fp16 is not None:
             return F.embedding(ids, self.fp16).float()
+        if self.interleaved is not None:
+            return self.interleaved.rows(ids.flatten()).dequantize().view(*ids.shape, -1)
         w = self.weight
         rows = QuantizedWeight(w.q[ids], w.scale[ids], None if w.offset is None else w.offset[ids])
         return rows.dequantize()
 
     def nbytes(self) -> int:
         """Bytes the served weight takes."""
-        tensors = [self.fp16] if self.fp16 is not None else [self.weight.q, self.weight.scale, self.weight.offset]
+        w = self.interleaved or self.weight
+        tensors = [self.fp16] if self.fp16 is not None else [w.q, w.scale, w.offset]
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
@@ -219,6 +281,13 @@ def served_mode(requested: str, checkpoint: CheckpointQuant | None, device: torc
             f"the checkpoint's config.json declares quant_method {found!r}" if found else
             "the checkpoint has no quantization_config (a GGUF or a 16/32-bit checkpoint): use int8 or fp16"))
     return "int8" if device.type == "cpu" else "none"
+
+
+def row_limits(model: nn.Module) -> set[int]:
+    """The batch sizes above which the model's quantized layers change path (where a compiled graph, which
+    guards on the branch, needs a second variant)."""
+    return {m.quant_method.row_limit for m in model.modules()
+            if isinstance(m, ShardedLayer) and isinstance(m.quant_method, QuantLinearMethod) and m.quant_method.kernels}
 
 
 def install_quant_methods(model: nn.Module, mode: str, dtype: torch.dtype, tied_lm_head: bool) -> None:

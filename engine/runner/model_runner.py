@@ -22,6 +22,7 @@ from engine.config import EngineConfig
 from engine.core.scheduler import ScheduledBatch
 from engine.cpu_features import linear_path
 from engine.kv.kv_cache import KVCacheManager
+from engine.model.quant import row_limits
 from engine.model.transformer import HybridTransformer
 from engine.parallel.layers import prepack_linears
 from engine.runner.block_tables import BlockTableMirror
@@ -63,7 +64,7 @@ class ModelRunner:
         if device.type == "cpu" and linear_path(dtype, config.prepack_weights)[0]:
             prepack_linears(model, model.cfg.tie_word_embeddings)
         if config.compile:
-            self._compile()
+            self._compile(config.max_num_batched_tokens)
         if device.type == "cpu" and isinstance(attn.backend, TorchAttentionBackend) and not config.enforce_eager:
             attn.backend.in_place_decode.compile(self.layer_caches[0], attn.num_heads, attn.scale)
         if device.type == "cuda":
@@ -74,14 +75,19 @@ class ModelRunner:
                 self.capture_graphs(graph_batch_sizes(config.max_running_seqs))
                 self.warm_up_prefill()
 
-    def _compile(self) -> None:
+    def _compile(self, max_step_tokens: int) -> None:
         """Compile the decoder layers now, not on the first request: one graph for single-token steps,
-        one for every larger token count (steps of padding rows only, which write and read nothing)."""
+        one for every larger token count (steps of padding rows only, which write and read nothing), and
+        one past each batch size where quantized layers change path (else the first long prompt waits
+        for that variant to compile)."""
         if self.device.type != "cpu":
             raise ValueError("--compile is for the CPU path (CUDA decode steps use CUDA graphs)")
         self.model.compile_layers()
         for size in (1, 2):
             self.run(self.prepare(ScheduledBatch(), padded_seqs=size))
+        for limit in sorted(row_limits(self.model)):
+            if limit < max_step_tokens:
+                self.warm_up_prefill(limit + 1)
 
     def copy_blocks(self, copies: list[tuple[str, int, int]]) -> None:
         """Copy whole blocks (all layers of a pool), e.g. the partial last block of a forked sample; on every
@@ -215,13 +221,13 @@ class ModelRunner:
         return self.kv.ring_blocks.get(kind) or -(-config.max_model_len // self.kv.block_size)
 
     @torch.inference_mode()
-    def warm_up_prefill(self) -> None:
-        """Run one prefill step of a two-token sequence that holds no block, so it writes and reads no cache:
-        the prefill kernel variants compile at start-up instead of on the first request."""
+    def warm_up_prefill(self, tokens: int = 2) -> None:
+        """Run one prefill step of a `tokens`-long sequence that holds no block, so it writes and reads no
+        cache: the prefill kernel variants compile at start-up instead of on the first request."""
         none = {kind: torch.full((1, 1), -1, dtype=torch.int64) for kind in self.kv.specs}
-        no_slots = {kind: torch.full((2,), -1, dtype=torch.int64) for kind in self.kv.specs}
-        self.run(StepInputs(torch.zeros(2, dtype=torch.int64), torch.arange(2), torch.tensor([0, 2]),
-                            torch.tensor([2]), none, no_slots, num_decodes=0))
+        no_slots = {kind: torch.full((tokens,), -1, dtype=torch.int64) for kind in self.kv.specs}
+        self.run(StepInputs(torch.zeros(tokens, dtype=torch.int64), torch.arange(tokens), torch.tensor([0, tokens]),
+                            torch.tensor([tokens]), none, no_slots, num_decodes=0))
 
     @torch.inference_mode()
     def capture_graphs(self, sizes: list[int]) -> None:

@@ -24,7 +24,9 @@ from engine.model.gguf_quant import gguf_blocks
 from engine.model.loader import iter_weights
 from engine.model.quant import (
     KERNEL_MAX_ROWS,
+    LANES,
     Q8_KERNEL_MAX_ROWS,
+    InterleavedWeight,
     QuantizedWeight,
     QuantLinearMethod,
     pack_int4,
@@ -67,8 +69,8 @@ def q8_activations(x: torch.Tensor) -> torch.Tensor:
 
 
 @needs_kernels
-@pytest.mark.parametrize("rows", [1, 3, 16])
-@pytest.mark.parametrize(("n", "k", "group"), [(1543, 576, 32), (7, 576, 576), (9, 256, 128)])
+@pytest.mark.parametrize("rows", [1, 3, 16, 21])
+@pytest.mark.parametrize(("n", "k", "group"), [(1544, 576, 32), (8, 576, 576), (24, 256, 128)])
 def test_integer_dot_kernel_matches_the_matmul_on_q8_activations(rows: int, n: int, k: int, group: int) -> None:
     ops = cpu_quant_ops()
     torch.manual_seed(3)
@@ -78,11 +80,24 @@ def test_integer_dot_kernel_matches_the_matmul_on_q8_activations(rows: int, n: i
     codes = QuantizedWeight(torch.randint(0, 16, (n, k), dtype=torch.int8), signed.scale, torch.randn_like(signed.scale))
     q4_0 = QuantizedWeight(codes.q - 8, signed.scale)
     for weight in (signed, codes, q4_0, pack_int4(codes), pack_int4(q4_0)):
-        offset = x.new_empty(0) if weight.offset is None else weight.offset
-        got = ops.int8_q8_linear(x, weight.q, weight.scale, offset)
+        il = InterleavedWeight.of(weight)
+        assert il.packed == weight.packed
+        got = ops.int8_x8_linear(x, il.q, il.scale, il.offset)
         torch.testing.assert_close(got, q8_activations(x) @ weight.dequantize().T, atol=2e-4, rtol=1e-5)
         # prefill-sized batches widen the weight in C++ first
-        torch.testing.assert_close(ops.int8_dequantize(weight.q, weight.scale, offset), weight.dequantize())
+        torch.testing.assert_close(ops.int8_dequantize(il.q, il.scale, il.offset), weight.dequantize())
+
+
+def test_interleaved_rows_come_back_as_they_went_in() -> None:
+    torch.manual_seed(4)
+    codes = QuantizedWeight(torch.randint(0, 16, (24, 64), dtype=torch.int8), torch.rand(24, 2), torch.rand(24, 2))
+    ids = torch.tensor([0, 23, 9, 9, 14])
+    for weight in (quantize_int8(torch.randn(24, 64)), codes, pack_int4(codes)):
+        rows = InterleavedWeight.of(weight).rows(ids)
+        torch.testing.assert_close(rows.dequantize(), weight.dequantize()[ids], rtol=0, atol=0)
+    # the kernels' layout needs whole groups of 8 rows, and K and the group in blocks of 32
+    assert InterleavedWeight.of(quantize_int8(torch.randn(7, 64))) is None
+    assert InterleavedWeight.of(quantize_int8(torch.randn(8, 48), 48)) is None
 
 
 def test_4bit_codes_pack_two_per_byte_and_nothing_else_packs() -> None:
@@ -176,7 +191,7 @@ def assert_int8_close(quantized: LLM, twin: str, prompts: list[list[int]], monke
     matmul = ShardedLayer.matmul
 
     def on_q8(layer: ShardedLayer, x: torch.Tensor) -> torch.Tensor:
-        fits = 0 < x.shape[0] <= Q8_KERNEL_MAX_ROWS and x.shape[-1] % 32 == 0
+        fits = 0 < x.shape[0] <= Q8_KERNEL_MAX_ROWS and x.shape[-1] % 32 == 0 and layer.weight.shape[0] % LANES == 0
         return matmul(layer, q8_activations(x) if fits else x)
 
     with monkeypatch.context() as patch:
@@ -207,7 +222,7 @@ def _assert_same(ours: list[tuple[list[int], list[float]]], reference: list[tupl
 
 def _served_formats(llm: LLM) -> set[torch.dtype]:
     methods = [m.quant_method for m in llm.engine.model.modules() if getattr(m, "quant_method", None) is not None]
-    return {(m.fp16 if m.fp16 is not None else m.weight.q).dtype for m in methods}
+    return {(m.fp16 if m.fp16 is not None else (m.interleaved or m.weight).q).dtype for m in methods}
 
 
 @needs_kernels
@@ -237,6 +252,23 @@ def test_each_mode_composes_with_tensor_parallel_and_compile(twins, mode: str, m
             assert_int8_close(llm, path, prompts, monkeypatch)
         else:
             _assert_same(_greedy(llm, prompts), reference)
+
+
+@needs_kernels
+def test_compile_prepares_the_graph_past_the_kernels_row_limit(twins) -> None:
+    """A step longer than Q8_KERNEL_MAX_ROWS takes the widened-weight branch; its graph variant is compiled at
+    start-up, not on the first long prompt (which would stall every running sequence while it compiles)."""
+    from torch._dynamo.utils import counters
+
+    args = {**ENGINE_ARGS, "max_num_batched_tokens": Q8_KERNEL_MAX_ROWS + 8}
+    llm = LLM(model=str(twins["exaone_global", "int8"]), progress=False, quantization="int8", compile=True, **args)
+    try:
+        graphs = counters["stats"]["unique_graphs"]
+        prompt = random_prompts(49152, [Q8_KERNEL_MAX_ROWS + 5], seed=8)
+        llm.generate(prompt_token_ids=prompt, sampling_params=SamplingParams(max_tokens=2, temperature=0.0))
+        assert counters["stats"]["unique_graphs"] == graphs
+    finally:
+        llm.engine.shutdown()
 
 
 def test_without_the_kernels_the_weights_are_served_dequantized(twins, monkeypatch) -> None:

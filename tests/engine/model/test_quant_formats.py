@@ -91,7 +91,7 @@ def test_configs_as_the_releases_write_them() -> None:
 
 
 def _int8_groups(llm: LLM) -> set[int]:
-    return {m.quant_method.weight.group_size for name, m in llm.engine.model.named_modules()
+    return {(m.quant_method.interleaved or m.quant_method.weight).group_size for name, m in llm.engine.model.named_modules()
             if name.endswith("proj") and getattr(m, "quant_method", None) is not None}
 
 
