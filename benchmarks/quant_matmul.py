@@ -75,10 +75,9 @@ def candidates(n: int, k: int, rows: int, copies: int) -> dict[str, list[Callabl
         out["ours int8 row"] = [lambda r=r: ops.int8_linear(x, r.q, r.scale, none) for r in rows_q]
         out["ours int8 g32"] = [lambda r=r: ops.int8_linear(x, r.q, r.scale, none) for r in g32]
         out["ours fp16"] = [lambda h=h: ops.fp16_linear(x, h) for h in halves]
-        # the int8 mode's decode path: integer dots against activations quantized per 32 (Q8_0), on int8 codes
-        # and on 4-bit codes packed two per byte with Q4_1-style offsets (the default GGUF's layers)
-        # (weights interleaved 8 rows wide, as the int8 mode serves them), and what prefill-sized batches do:
-        # widen the interleaved weight in C++, then oneDNN's fp32 GEMM
+        # the int8 mode's path: integer dots against activations quantized per 32 (Q8_0), on int8 codes and on
+        # 4-bit codes packed two per byte with Q4_1-style offsets (the default GGUF's layers), rows interleaved
+        # 8 wide as served; and what batches past its row limit do: widen in C++, then fp32 GEMM
         q4 = [pack_int4(QuantizedWeight(torch.randint(0, 16, (n, k), dtype=torch.int8), g.scale, -8 * g.scale))
               for g in g32]
         il8, il4 = [InterleavedWeight.of(g) for g in g32], [InterleavedWeight.of(w) for w in q4]

@@ -222,7 +222,7 @@ at::Tensor linear(const at::Tensor& x_in, const W& w, int64_t N) {
 constexpr int64_t kBlock = 32;
 
 struct Q8Tokens {
-  std::vector<int8_t> q, abs_q;  // [M, K]: the codes, and |codes| (maddubs multiplies unsigned by signed)
+  std::vector<int8_t> q, abs_q;  // [M, K]: the codes, and |codes| for int8 weights (the sign trick), else empty
   std::vector<float> scale;      // [M, K / 32]
   std::vector<float> group_sum;  // [M, K / group]: sums of the quantized values, for the offsets
 };
@@ -236,9 +236,9 @@ inline float hmax(__m256 v) {
 
 // Codes are rounded half away from zero as trunc(v + copysign(0.5, v)) in fp32 (the tests' reference does
 // the same arithmetic; roundf differs only where v + 0.5 rounds up in fp32).
-Q8Tokens quantize_tokens(const float* x, int64_t M, int64_t K, int64_t group, bool sums) {
+Q8Tokens quantize_tokens(const float* x, int64_t M, int64_t K, int64_t group, bool sums, bool abs_codes) {
   const int64_t blocks = M * K / kBlock, per_group = group / kBlock;
-  Q8Tokens t{std::vector<int8_t>(M * K), std::vector<int8_t>(M * K), std::vector<float>(blocks),
+  Q8Tokens t{std::vector<int8_t>(M * K), std::vector<int8_t>(abs_codes ? M * K : 0), std::vector<float>(blocks),
              std::vector<float>(sums ? M * K / group : 0, 0.0f)};
   const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.5f);
   const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undoes the packs' lane interleave
@@ -261,7 +261,8 @@ Q8Tokens quantize_tokens(const float* x, int64_t M, int64_t K, int64_t group, bo
     const __m256i bytes = _mm256_permutevar8x32_epi32(
         _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3])), order);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(t.q.data() + b * kBlock), bytes);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(t.abs_q.data() + b * kBlock), _mm256_abs_epi8(bytes));
+    if (abs_codes)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(t.abs_q.data() + b * kBlock), _mm256_abs_epi8(bytes));
     t.scale[b] = d;
     if (sums) {  // of the quantized values, so that the offset term sees the same activations as the dot
       const __m256i total = _mm256_add_epi32(_mm256_add_epi32(c[0], c[1]), _mm256_add_epi32(c[2], c[3]));
@@ -291,7 +292,7 @@ inline void x8_tile(const uint8_t* wg, const float* sg, const float* og, const Q
   __m256 acc[T];
   for (int j = 0; j < T; ++j) {
     xq[j] = t.q.data() + (m0 + j) * K;
-    xa[j] = t.abs_q.data() + (m0 + j) * K;
+    xa[j] = Packed ? nullptr : t.abs_q.data() + (m0 + j) * K;
     xs[j] = t.scale.data() + (m0 + j) * blocks;
     acc[j] = _mm256_setzero_ps();
   }
@@ -373,7 +374,7 @@ at::Tensor int8_x8_linear(const at::Tensor& x_in, const at::Tensor& q, const at:
               "int8_x8_linear: offset must be empty or shaped like scale");
   const at::Tensor x = x_in.reshape({-1, K}).contiguous();
   const int64_t M = x.size(0);
-  const Q8Tokens t = quantize_tokens(x.data_ptr<float>(), M, K, group, has_offset);
+  const Q8Tokens t = quantize_tokens(x.data_ptr<float>(), M, K, group, has_offset, !packed);
   at::Tensor out = at::empty({M, N}, x.options());
   const uint8_t* qp = static_cast<const uint8_t*>(q.data_ptr());
   const float* op = has_offset ? offset.data_ptr<float>() : nullptr;
