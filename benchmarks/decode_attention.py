@@ -1,4 +1,5 @@
-"""Decode step time with the CPU's two decode-attention paths: the gather + SDPA and the compiled in-place loop.
+"""Decode step time with the CPU's three decode-attention paths: the gather + SDPA, the compiled in-place loop
+and the C++ in-place kernel (engine.attention.cpu_decode).
 
     .venv/bin/python benchmarks/decode_attention.py [--shapes 1x40 16x256 16x500 64x128] [--rounds 2]
 
@@ -6,7 +7,8 @@ Offline, on the embedded default (or --model): for each BATCHxCONTEXT, BATCH pro
 ids are prefilled, then decode steps are timed (2 warm-up steps, 8 timed), alternating the paths in one process
 (`rounds` times each), so that the comparison does not depend on how this VM runs from one process to the
 next. The compiled path is forced on for every shape (the engine takes it only for batches of 2+ decodes over at least
-TorchAttentionBackend.COMPILED_DECODE_MIN_TOKENS cached tokens).
+TorchAttentionBackend.COMPILED_DECODE_MIN_TOKENS cached tokens); the C++ kernel, where it runs, takes every fp32
+decode in serving.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ import argparse
 import itertools
 import time
 
+import torch
+
 from engine import LLM, SamplingParams
+from engine.attention.cpu_decode import kernel_available
 from engine.attention.torch_backend import TorchAttentionBackend
 from engine.core.llm_engine import LLMEngine
 
@@ -57,14 +62,18 @@ def main() -> None:
     decode = backend.in_place_decode
     assert decode.ready, "the in-place decode does not compile here"
     TorchAttentionBackend.COMPILED_DECODE_MIN_TOKENS = 0
+    paths = ["gather", "compiled"]
+    if kernel_available() and llm.engine.dtype == torch.float32:
+        paths.append("kernel")
     for batch, context in shapes:
-        times: dict[bool, list[float]] = {False: [], True: []}
+        times: dict[str, list[float]] = {path: [] for path in paths}
         for _ in range(args.rounds):
-            for compiled in (False, True):
-                decode.ready = compiled
-                times[compiled].append(decode_step_ms(llm.engine, batch, context))
-        gather, compiled = (" / ".join(f"{t:.1f}" for t in times[c]) for c in (False, True))
-        print(f"batch {batch}, context {context}: gather {gather} ms, compiled {compiled} ms per decode step")
+            for path in paths:
+                TorchAttentionBackend.CPU_KERNEL = path == "kernel"
+                decode.ready = path == "compiled"
+                times[path].append(decode_step_ms(llm.engine, batch, context))
+        row = ", ".join(f"{path} {' / '.join(f'{t:.1f}' for t in times[path])} ms" for path in paths)
+        print(f"batch {batch}, context {context}: {row} per decode step")
 
 
 if __name__ == "__main__":

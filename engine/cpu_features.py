@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -78,12 +80,34 @@ def linear_path(dtype: torch.dtype, want_prepack: bool = True) -> tuple[bool, st
 
 
 def quant_kernel_path() -> tuple[bool, str]:
-    """Whether the AVX2 kernels for 8- and 16-bit weights (engine.model.cpu_quant) can run here, and why not."""
+    """Whether the AVX2 C++ kernels (8- and 16-bit weights in engine.model.cpu_quant, decode attention in
+    engine.attention.cpu_decode) can run here, and why not."""
     if not cpu_features().avx2:
         return False, "no AVX2: 8/16-bit weights served dequantized to the activation dtype"
     if shutil.which("c++") is None or shutil.which("ninja") is None:
         return False, "no C++ compiler or ninja to build the kernels: 8/16-bit weights served dequantized"
     return True, "AVX2 kernels"
+
+
+# -fopenmp: at::parallel_for is OpenMP in the headers (serial without it); libgomp.so.1 resolves to the copy
+# torch already loaded, so the kernels share torch's thread pool.
+KERNEL_FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+
+
+def load_cpu_kernels(name: str, source: Path) -> bool:
+    """Compile (first use ~20 s, then cached under TORCH_EXTENSIONS_DIR) and load one C++ file of AVX2 ops into
+    torch.ops; False, with a warning, when that fails. Callers check quant_kernel_path() first."""
+    from torch.utils import cpp_extension  # imports setuptools: only where a kernel is wanted
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the loader's notes on compiler versions, not ours to act on
+            cpp_extension.load(name=name, sources=[str(source)], extra_cflags=KERNEL_FLAGS,
+                               extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+    except (OSError, RuntimeError, ImportError) as exc:
+        logger.warning("CPU kernels %s failed to build (%s): the torch path serves instead", name, exc)
+        return False
+    return True
 
 
 def log_cpu_paths(dtype: torch.dtype, want_prepack: bool) -> None:

@@ -1,10 +1,11 @@
-"""The torch attention backend: the reference and CPU path (gather + SDPA, or the in-place paged decode)."""
+"""The torch attention backend: the reference and CPU path (gather + SDPA, or an in-place paged decode)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from engine.attention import cpu_decode
 from engine.attention.backend import AttentionBackend, AttentionMetadata, KVLayout
 from engine.attention.paged_decode import InPlaceDecode
 from exaone_kernels import reference
@@ -43,10 +44,15 @@ def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None)
 class TorchAttentionBackend(AttentionBackend):
     """Backend in torch ops: decodes batched together, each prefill chunk on its own.
 
-    Attention gathers the blocks it reads into a dense copy for SDPA, except that on the CPU a batch of
-    decodes over enough context reads the paged cache in place through an inductor-compiled loop
+    Attention gathers the blocks it reads into a dense copy for SDPA, except decodes on the CPU: in fp32 on
+    an AVX2 CPU they read the paged cache in place in C++ (engine.attention.cpu_decode); elsewhere a batch of
+    decodes over enough context does so through an inductor-compiled loop
     (engine.attention.paged_decode.InPlaceDecode), which the model runner compiles at start-up.
     """
+
+    # The C++ decode where it runs: 3x faster than the gather + SDPA at batch 16 over 192 slots
+    # (`benchmarks/decode_attention.py`); off only to measure or test the other paths.
+    CPU_KERNEL = True
 
     # Below this many token slots in the decode batch's block tables (batch x padded width), or for a lone
     # sequence (the compiled loop runs one sequence per thread), the gather was as fast in some runs and
@@ -81,6 +87,10 @@ class TorchAttentionBackend(AttentionBackend):
                 meta: AttentionMetadata) -> torch.Tensor:
         """Attention of the step's first q.shape[0] sequences, one query token each."""
         nd = q.shape[0]
+        if self.CPU_KERNEL and q.device.type == "cpu":
+            out = cpu_decode.cpu_paged_decode(q, kv_cache, self._step_tables(meta, layout, 0, nd), mask, scale)
+            if out is not None:
+                return out
         if self.in_place_decode.ready and nd > 1 and mask.shape[-1] * nd >= self.COMPILED_DECODE_MIN_TOKENS:
             out = self.in_place_decode(q, kv_cache, self._step_tables(meta, layout, 0, nd), mask, scale)
             if out is not None:

@@ -10,34 +10,20 @@ implementations, so torch.compile traces through them.
 from __future__ import annotations
 
 import functools
-import logging
-import warnings
 from pathlib import Path
 from types import ModuleType
 
 import torch
-from torch.utils import cpp_extension
 
-from engine.cpu_features import quant_kernel_path
-
-logger = logging.getLogger(__name__)
+from engine.cpu_features import load_cpu_kernels, quant_kernel_path
 
 SOURCE = Path(__file__).with_name("cpu_quant_kernels.cpp")
-# -fopenmp: at::parallel_for is OpenMP in the headers (serial without it); libgomp.so.1 resolves to the copy
-# torch already loaded, so the kernels share torch's thread pool.
-FLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
 
 
 @functools.cache
 def _build() -> bool:
     """Compile and load the kernels into torch.ops.exaone_cpu; False (with a warning) when that fails."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the loader's notes on compiler versions, not ours to act on
-            cpp_extension.load(name="exaone_cpu_quant", sources=[str(SOURCE)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
-                               is_python_module=False, verbose=False)
-    except (OSError, RuntimeError, ImportError) as exc:
-        logger.warning("CPU quantized kernels failed to build (%s): weights are served dequantized", exc)
+    if not load_cpu_kernels("exaone_cpu_quant", SOURCE):
         return False
     _register_fakes()
     return True

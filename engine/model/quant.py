@@ -41,9 +41,10 @@ INT8_GROUP_SIZE = 32  # fp32 weights quantized to int8 get one scale per 32 colu
 # and take integer dot products with the int8 weights; shapes that do not fit keep fp32 activations.
 Q8_BLOCK = 32
 # On weights interleaved 8 rows wide the integer dot beats widening them for fp32 GEMM at every batch
-# measured on AVX2 (up to 512 rows, benchmarks/quant_matmul.py), so prefill chunks take it too; beyond this
-# (long prompts in one chunk, where AVX-512's fp32 GEMM may lead) the weight is widened once per call.
-Q8_KERNEL_MAX_ROWS = 256
+# measured on AVX2 (up to 1024 rows, benchmarks/quant_matmul.py), so prefill chunks take it too (a burst of
+# prompts fills the CPU's 512-token steps); beyond this (a raised --max-num-batched-tokens, where AVX-512's
+# fp32 GEMM may lead) the weight is widened once per call.
+Q8_KERNEL_MAX_ROWS = 1024
 
 
 class _Codes:

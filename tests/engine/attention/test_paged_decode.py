@@ -1,5 +1,5 @@
-"""Compiled in-place decode attention: equal to gathering the context for SDPA, one graph for every shape,
-and a fallback to the gather when it cannot be compiled."""
+"""In-place decode attention, the C++ kernel and the compiled loop: equal to gathering the context for SDPA
+(the compiled loop with one graph for every shape), and a fallback to the gather where neither runs."""
 
 import logging
 from types import SimpleNamespace
@@ -10,7 +10,7 @@ from reference import hf_greedy, random_prompts
 from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
 from engine import LLM, SamplingParams
-from engine.attention import paged_decode
+from engine.attention import cpu_decode, paged_decode
 from engine.attention.paged_decode import InPlaceDecode, compiled_paged_decode, paged_decode_attention
 from engine.attention.torch_backend import TorchAttentionBackend, _group_mask, attention_mask, key_positions
 
@@ -68,6 +68,48 @@ def test_one_graph_serves_every_batch_and_width():
     assert len(_debug_get_cache_entry_list(paged_decode_attention.__code__)) == graphs  # none per batch or width
 
 
+needs_kernel = pytest.mark.skipif(not cpu_decode.kernel_available(), reason="no AVX2 C++ kernels on this machine")
+
+
+@needs_kernel
+@pytest.mark.parametrize(("seq_lens", "ring", "window"), [
+    ([1], None, None),
+    ([5, 17, 3, 9], None, None),  # a task per sequence
+    ([30, 12, 7], 3, 10),  # split by KV head
+    ([40], None, None),  # one sequence: split by KV head and by blocks, the parts merged
+    ([33], None, 9),  # the window hides whole parts
+])
+def test_cpu_kernel_decode_equals_the_gather(seq_lens, ring, window):
+    q, kv_cache, tables, mask = case(seq_lens, torch.float32, ring, window)
+    got = cpu_decode.cpu_paged_decode(q, kv_cache, tables, mask, DIM ** -0.5)
+    torch.testing.assert_close(got, gathered(q, kv_cache, tables, mask, DIM ** -0.5))
+
+
+def test_cpu_kernel_declines_what_it_does_not_take():
+    q, kv_cache, tables, mask = case([5, 9], torch.bfloat16)
+    assert cpu_decode.cpu_paged_decode(q, kv_cache, tables, mask, 0.25) is None  # bf16: the other paths
+    q, kv_cache, tables, mask = case([5, 9], torch.float32)
+    odd = kv_cache[..., :12].contiguous()  # a head size that is not a multiple of 8
+    assert cpu_decode.cpu_paged_decode(q[..., :12].contiguous(), odd, tables, mask, 0.25) is None
+
+
+@needs_kernel
+def test_engine_decodes_with_the_cpu_kernel_as_transformers_does(tiny_models, monkeypatch):
+    model_dir = tiny_models["exaone_hybrid"]  # window 8: the sliding rings wrap during these prompts
+    prompts = random_prompts(49152, [13, 22, 9], seed=5)
+    calls = []
+    kernel = cpu_decode.cpu_paged_decode
+
+    def counted(*args):
+        calls.append(args[0].shape[0])
+        return kernel(*args)
+
+    monkeypatch.setattr(cpu_decode, "cpu_paged_decode", counted)
+    llm = LLM(model=str(model_dir), progress=False, block_size=4)
+    assert run_engine(llm, prompts) == [t for t, _ in hf_greedy(model_dir, prompts, 8)]
+    assert 3 in calls  # decode steps of all three sequences ran in the kernel
+
+
 def run_engine(llm: LLM, prompts: list[list[int]]) -> list[list[int]]:
     params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
     return [o.outputs[0].token_ids for o in llm.generate(prompt_token_ids=prompts, sampling_params=params)]
@@ -88,6 +130,7 @@ def test_engine_decodes_in_place_as_transformers_does(tiny_models, monkeypatch):
 
     monkeypatch.setattr(paged_decode, "compiled_paged_decode", counted)
     monkeypatch.setattr(TorchAttentionBackend, "COMPILED_DECODE_MIN_TOKENS", 0)  # every batch of 2+ decodes
+    monkeypatch.setattr(TorchAttentionBackend, "CPU_KERNEL", False)
     llm = LLM(model=str(model_dir), progress=False, block_size=4)
     assert in_place_decode(llm).ready and calls == [2]  # compiled at start-up, on a stand-in batch of 2
     graphs = len(_debug_get_cache_entry_list(paged_decode_attention.__code__))
@@ -108,6 +151,7 @@ def test_decode_falls_back_to_the_gather_when_it_cannot_compile(tiny_models, mon
 
     monkeypatch.setattr(paged_decode, "compiled_paged_decode", no_compiler)
     monkeypatch.setattr(TorchAttentionBackend, "COMPILED_DECODE_MIN_TOKENS", 0)
+    monkeypatch.setattr(cpu_decode, "kernel_available", lambda: False)  # no C++ kernel either
     model_dir = tiny_models["exaone_hybrid"]
     prompts = random_prompts(49152, [13, 6], seed=3)
     with caplog.at_level(logging.WARNING, logger="engine.attention.paged_decode"):
