@@ -17,10 +17,8 @@ import argparse
 import itertools
 import time
 
-import torch
-
 from engine import LLM, SamplingParams
-from engine.attention.cpu_decode import kernel_available
+from engine.attention.cpu_decode import serves
 from engine.attention.torch_backend import TorchAttentionBackend
 from engine.core.llm_engine import LLMEngine
 
@@ -56,14 +54,15 @@ def main() -> None:
     parser.add_argument("--kv-cache-memory", type=int, default=4 << 30, help="bytes")
     args = parser.parse_args()
     shapes = [tuple(map(int, shape.split("x"))) for shape in args.shapes]
+    TorchAttentionBackend.CPU_KERNEL = False  # so that the engine compiles the in-place loop at start-up
     llm = LLM(model=args.model, progress=False, max_num_seqs=max(b for b, _ in shapes),
               kv_cache_memory=args.kv_cache_memory)
-    backend = llm.engine.model.model.layers[0].self_attn.backend
-    decode = backend.in_place_decode
+    attn = llm.engine.model.model.layers[0].self_attn
+    decode = attn.backend.in_place_decode
     assert decode.ready, "the in-place decode does not compile here"
     TorchAttentionBackend.COMPILED_DECODE_MIN_TOKENS = 0
     paths = ["gather", "compiled"]
-    if kernel_available() and llm.engine.dtype == torch.float32:
+    if serves(llm.engine.dtype, attn.num_heads, attn.num_kv_heads, attn.head_dim):
         paths.append("kernel")
     for batch, context in shapes:
         times: dict[str, list[float]] = {path: [] for path in paths}

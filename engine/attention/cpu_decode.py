@@ -24,15 +24,20 @@ def kernel_available() -> bool:
     return quant_kernel_path()[0] and load_cpu_kernels("exaone_cpu_attention", SOURCE)
 
 
+def serves(dtype: torch.dtype, num_heads: int, num_kv_heads: int, head_dim: int) -> bool:
+    """Whether the kernel takes a model's decodes: fp32, a head size that fills AVX2 vectors, <= 16 query heads
+    per KV head, and the kernel built here."""
+    return (dtype == torch.float32 and head_dim % 8 == 0 and num_heads // num_kv_heads <= MAX_GROUP
+            and kernel_available())
+
+
 def cpu_paged_decode(q: torch.Tensor, kv_cache: torch.Tensor, block_tables: torch.Tensor, mask: torch.Tensor,
                      scale: float) -> torch.Tensor | None:
     """paged_decode_attention's contract (engine.attention.paged_decode) in one C++ pass, or None where the
     kernel does not run: q [B, H, D]; kv_cache [2, num_blocks, block_size, Hkv, D]; block_tables [B, W] with
     every entry a valid block; mask [B, 1, G, W * block_size]. Returns [B, H, D]."""
-    heads, head_dim = q.shape[1], q.shape[2]
-    if (q.dtype != torch.float32 or kv_cache.dtype != torch.float32 or q.device.type != "cpu"
-            or head_dim % 8 or heads // kv_cache.shape[3] > MAX_GROUP or not kv_cache.is_contiguous()
-            or not kernel_available()):
+    if (q.device.type != "cpu" or kv_cache.dtype != q.dtype or not kv_cache.is_contiguous()
+            or not serves(q.dtype, q.shape[1], kv_cache.shape[3], q.shape[2])):
         return None
     return torch.ops.exaone_cpu_attention.paged_decode(q.contiguous(), kv_cache, block_tables.contiguous(),
                                                        mask.contiguous(), scale)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from engine.attention import cpu_decode
 from engine.attention.backend import AttentionMetadata, KVLayout
 from engine.attention.torch_backend import TorchAttentionBackend
 from engine.config import EngineConfig
@@ -65,7 +66,9 @@ class ModelRunner:
             prepack_linears(model, model.cfg.tie_word_embeddings)
         if config.compile:
             self._compile(config.max_num_batched_tokens)
-        if device.type == "cpu" and isinstance(attn.backend, TorchAttentionBackend) and not config.enforce_eager:
+        if device.type == "cpu" and isinstance(attn.backend, TorchAttentionBackend) and not config.enforce_eager \
+                and not (attn.backend.CPU_KERNEL and cpu_decode.serves(dtype, attn.num_heads, attn.num_kv_heads, attn.head_dim)):
+            # the C++ decode takes every fp32 decode where it runs: the compiled loop serves the other cases
             attn.backend.in_place_decode.compile(self.layer_caches[0], attn.num_heads, attn.scale)
         if device.type == "cuda":
             self._allocate_buffers(config)
@@ -79,15 +82,17 @@ class ModelRunner:
         """Compile the decoder layers now, not on the first request: one graph for single-token steps,
         one for every larger token count (steps of padding rows only, which write and read nothing), and
         one past each batch size where quantized layers change path (else the first long prompt waits
-        for that variant to compile)."""
+        for that variant to compile). The largest step runs too: a graph loaded from inductor's on-disk
+        cache can bring a narrower size guard from the code that cached it (a burst of prompts once
+        waited 17 s mid-serving on the variant), and that variant then compiles here."""
         if self.device.type != "cpu":
             raise ValueError("--compile is for the CPU path (CUDA decode steps use CUDA graphs)")
         self.model.compile_layers()
         for size in (1, 2):
             self.run(self.prepare(ScheduledBatch(), padded_seqs=size))
-        for limit in sorted(row_limits(self.model)):
-            if limit < max_step_tokens:
-                self.warm_up_prefill(limit + 1)
+        past_limits = {limit + 1 for limit in row_limits(self.model) if limit < max_step_tokens}
+        for tokens in sorted(past_limits | {max_step_tokens}):
+            self.warm_up_prefill(tokens)
 
     def copy_blocks(self, copies: list[tuple[str, int, int]]) -> None:
         """Copy whole blocks (all layers of a pool), e.g. the partial last block of a forked sample; on every

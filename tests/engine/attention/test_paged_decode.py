@@ -106,6 +106,7 @@ def test_engine_decodes_with_the_cpu_kernel_as_transformers_does(tiny_models, mo
 
     monkeypatch.setattr(cpu_decode, "cpu_paged_decode", counted)
     llm = LLM(model=str(model_dir), progress=False, block_size=4)
+    assert not in_place_decode(llm).ready  # the kernel takes every fp32 decode: the loop is not compiled
     assert run_engine(llm, prompts) == [t for t, _ in hf_greedy(model_dir, prompts, 8)]
     assert 3 in calls  # decode steps of all three sequences ran in the kernel
 
