@@ -50,8 +50,8 @@ class TorchAttentionBackend(AttentionBackend):
     (engine.attention.paged_decode.InPlaceDecode), which the model runner compiles at start-up.
     """
 
-    # The C++ decode where it runs: 3x faster than the gather + SDPA at batch 16 over 192 slots
-    # (`benchmarks/decode_attention.py`); off only to measure or test the other paths.
+    # The C++ decode where it runs: ~2.5x faster per layer than the gather + SDPA at batch 16 over ~190 slots
+    # (benchmarks/RESULTS.md, "Decode attention in C++"); off only to measure or test the other paths.
     CPU_KERNEL = True
 
     # Below this many token slots in the decode batch's block tables (batch x padded width), or for a lone
