@@ -18,7 +18,6 @@ import itertools
 import time
 
 from engine import LLM, SamplingParams
-from engine.attention.cpu_decode import serves
 from engine.attention.torch_backend import TorchAttentionBackend
 from engine.core.llm_engine import LLMEngine
 
@@ -54,21 +53,20 @@ def main() -> None:
     parser.add_argument("--kv-cache-memory", type=int, default=4 << 30, help="bytes")
     args = parser.parse_args()
     shapes = [tuple(map(int, shape.split("x"))) for shape in args.shapes]
-    TorchAttentionBackend.CPU_KERNEL = False  # so that the engine compiles the in-place loop at start-up
     llm = LLM(model=args.model, progress=False, max_num_seqs=max(b for b, _ in shapes),
               kv_cache_memory=args.kv_cache_memory)
     attn = llm.engine.model.model.layers[0].self_attn
-    decode = attn.backend.in_place_decode
+    backend, decode = attn.backend, attn.backend.in_place_decode
+    paths = ["gather", "compiled"] + ["kernel"] * backend.cpu_kernel
+    if not decode.ready:  # the engine compiles the loop only where the kernel does not serve
+        decode.compile(llm.engine.runner.layer_caches[0], attn.num_heads, attn.scale)
     assert decode.ready, "the in-place decode does not compile here"
     TorchAttentionBackend.COMPILED_DECODE_MIN_TOKENS = 0
-    paths = ["gather", "compiled"]
-    if serves(llm.engine.dtype, attn.num_heads, attn.num_kv_heads, attn.head_dim):
-        paths.append("kernel")
     for batch, context in shapes:
         times: dict[str, list[float]] = {path: [] for path in paths}
         for _ in range(args.rounds):
             for path in paths:
-                TorchAttentionBackend.CPU_KERNEL = path == "kernel"
+                backend.cpu_kernel = path == "kernel"
                 decode.ready = path == "compiled"
                 times[path].append(decode_step_ms(llm.engine, batch, context))
         row = ", ".join(f"{path} {' / '.join(f'{t:.1f}' for t in times[path])} ms" for path in paths)

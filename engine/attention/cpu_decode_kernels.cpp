@@ -157,7 +157,10 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& kv_cache, const a
   const int64_t split = B >= 2 * threads ? 1 : Hkv, heads = Hkv / split;
   const int64_t parts = std::max<int64_t>(1, std::min(W, (2 * threads + B * split - 1) / (B * split)));
   const int64_t HG = heads * G, tasks = B * split * parts, span_blocks = (W + parts - 1) / parts;
-  at::Tensor partial = at::empty({tasks, HG, D + 2}, q.options());  // acc, then m and l, per query head
+  at::Tensor out = at::empty_like(q);
+  float* op = out.data_ptr<float>();
+  // Split by blocks: each part's acc, then m and l, per query head, merged below. Unsplit: written out here.
+  at::Tensor partial = at::empty({parts > 1 ? tasks : 0, HG, D + 2}, q.options());
   float* pp = partial.data_ptr<float>();
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> scores(HG * span_blocks * block_size), acc(HG * D), m(HG), l(HG);
@@ -168,15 +171,21 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& kv_cache, const a
                     std::min(W, (part + 1) * span_blocks)};
       cache.attend(sp, scores.data(), acc.data(), m.data(), l.data());
       for (int64_t hg = 0; hg < HG; ++hg) {
+        const float* a = acc.data() + hg * D;
+        if (parts == 1) {  // nothing visible (never for a real query, whose own token is cached): zeros
+          const float inv = l[hg] > 0.0f ? 1.0f / l[hg] : 0.0f;
+          float* o = op + (b * H + h0 * G + hg) * D;
+          for (int64_t d = 0; d < D; ++d) o[d] = a[d] * inv;
+          continue;
+        }
         float* dst = pp + (task * HG + hg) * (D + 2);
-        std::copy(acc.data() + hg * D, acc.data() + (hg + 1) * D, dst);
+        std::copy(a, a + D, dst);
         dst[D] = m[hg];
         dst[D + 1] = l[hg];
       }
     }
   });
-  at::Tensor out = at::empty_like(q);
-  float* op = out.data_ptr<float>();
+  if (parts == 1) return out;
   at::parallel_for(0, B * split * HG, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {  // r: (b, h-split, hg); its parts are `parts` tasks apart in HG rows
       const int64_t bs = r / HG, hg = r % HG, b = bs / split, h0 = bs % split * heads;

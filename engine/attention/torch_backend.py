@@ -50,16 +50,15 @@ class TorchAttentionBackend(AttentionBackend):
     (engine.attention.paged_decode.InPlaceDecode), which the model runner compiles at start-up.
     """
 
-    # The C++ decode where it runs: ~2.5x faster per layer than the gather + SDPA at batch 16 over ~190 slots
-    # (benchmarks/RESULTS.md, "Decode attention in C++"); off only to measure or test the other paths.
-    CPU_KERNEL = True
-
     # Below this many token slots in the decode batch's block tables (batch x padded width), or for a lone
     # sequence (the compiled loop runs one sequence per thread), the gather was as fast in some runs and
     # faster in others: `benchmarks/decode_attention.py`.
     COMPILED_DECODE_MIN_TOKENS = 8192
 
     def __init__(self) -> None:
+        # The C++ decode, where the model runner found at start-up that it serves this model (cpu_decode.serves):
+        # 16 streams at 500 tokens of context 90 instead of 112-131 ms a step (`benchmarks/decode_attention.py`)
+        self.cpu_kernel = False
         self.in_place_decode = InPlaceDecode()  # used once the model runner has compiled it (CPU)
 
     def forward(self, q, k, v, kv_cache, layout, window, meta, scale):
@@ -87,10 +86,8 @@ class TorchAttentionBackend(AttentionBackend):
                 meta: AttentionMetadata) -> torch.Tensor:
         """Attention of the step's first q.shape[0] sequences, one query token each."""
         nd = q.shape[0]
-        if self.CPU_KERNEL and q.device.type == "cpu":
-            out = cpu_decode.cpu_paged_decode(q, kv_cache, self._step_tables(meta, layout, 0, nd), mask, scale)
-            if out is not None:
-                return out
+        if self.cpu_kernel:
+            return cpu_decode.cpu_paged_decode(q, kv_cache, self._step_tables(meta, layout, 0, nd), mask, scale)
         if self.in_place_decode.ready and nd > 1 and mask.shape[-1] * nd >= self.COMPILED_DECODE_MIN_TOKENS:
             out = self.in_place_decode(q, kv_cache, self._step_tables(meta, layout, 0, nd), mask, scale)
             if out is not None:

@@ -357,7 +357,7 @@ void x8_linear(const Q8Tokens& t, int64_t M, const uint8_t* q, const float* scal
 }
 
 // x [.., K] against interleaved weights: q int8 [N / 8, 8 K] or packed uint8 [N / 8, 4 K]; scale (and offset)
-// [N / 8, K / group, 8] fp32 (engine.model.quant.interleave). K and the group: multiples of 32.
+// [N / 8, K / group, 8] fp32 (engine.model.quant.InterleavedWeight.of). K and the group: multiples of 32.
 at::Tensor int8_x8_linear(const at::Tensor& x_in, const at::Tensor& q, const at::Tensor& scale, const at::Tensor& offset) {
   TORCH_CHECK(x_in.scalar_type() == at::kFloat, "activations must be float32");
   const bool packed = q.scalar_type() == at::kByte;

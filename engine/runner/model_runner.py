@@ -64,11 +64,13 @@ class ModelRunner:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         if device.type == "cpu" and linear_path(dtype, config.prepack_weights)[0]:
             prepack_linears(model, model.cfg.tie_word_embeddings)
+        cpu_torch_attention = device.type == "cpu" and isinstance(attn.backend, TorchAttentionBackend)
+        if cpu_torch_attention:
+            attn.backend.cpu_kernel = cpu_decode.serves(dtype, attn.num_heads, attn.num_kv_heads, attn.head_dim)
         if config.compile:
             self._compile(config.max_num_batched_tokens)
-        if device.type == "cpu" and isinstance(attn.backend, TorchAttentionBackend) and not config.enforce_eager \
-                and not (attn.backend.CPU_KERNEL and cpu_decode.serves(dtype, attn.num_heads, attn.num_kv_heads, attn.head_dim)):
-            # the C++ decode takes every fp32 decode where it runs: the compiled loop serves the other cases
+        if cpu_torch_attention and not (config.enforce_eager or attn.backend.cpu_kernel):
+            # where the C++ decode serves, it takes every decode: the compiled loop is for the other cases
             attn.backend.in_place_decode.compile(self.layer_caches[0], attn.num_heads, attn.scale)
         if device.type == "cuda":
             self._allocate_buffers(config)

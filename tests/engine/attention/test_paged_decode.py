@@ -2,10 +2,12 @@
 (the compiled loop with one graph for every shape), and a fallback to the gather where neither runs."""
 
 import logging
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 import torch
+from fixtures_cpu import AVX2_ONLY, force_cpu
 from reference import hf_greedy, random_prompts
 from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
@@ -85,12 +87,22 @@ def test_cpu_kernel_decode_equals_the_gather(seq_lens, ring, window):
     torch.testing.assert_close(got, gathered(q, kv_cache, tables, mask, DIM ** -0.5))
 
 
-def test_cpu_kernel_declines_what_it_does_not_take():
-    q, kv_cache, tables, mask = case([5, 9], torch.bfloat16)
-    assert cpu_decode.cpu_paged_decode(q, kv_cache, tables, mask, 0.25) is None  # bf16: the other paths
-    q, kv_cache, tables, mask = case([5, 9], torch.float32)
-    odd = kv_cache[..., :12].contiguous()  # a head size that is not a multiple of 8
-    assert cpu_decode.cpu_paged_decode(q[..., :12].contiguous(), odd, tables, mask, 0.25) is None
+def test_cpu_kernel_declines_what_it_does_not_take(monkeypatch):
+    assert not cpu_decode.serves(torch.bfloat16, 6, 2, 16)  # bf16: the other paths
+    assert not cpu_decode.serves(torch.float32, 6, 2, 12)  # a head size that is not a multiple of 8
+    assert not cpu_decode.serves(torch.float32, 34, 2, 16)  # 17 query heads per KV head
+    force_cpu(monkeypatch, replace(AVX2_ONLY, avx2=False))
+    assert not cpu_decode.serves(torch.float32, 6, 2, 16)  # no AVX2, whatever was built before
+
+
+def test_without_avx2_the_engine_decodes_by_the_gather_as_transformers_does(tiny_models, monkeypatch):
+    force_cpu(monkeypatch, replace(AVX2_ONLY, avx2=False))
+    monkeypatch.setattr(cpu_decode, "cpu_paged_decode", None)  # any call would fail
+    model_dir = tiny_models["exaone_hybrid"]
+    prompts = random_prompts(49152, [13, 22, 9], seed=5)
+    llm = LLM(model=str(model_dir), progress=False, block_size=4)
+    assert not llm.engine.model.model.layers[0].self_attn.backend.cpu_kernel
+    assert run_engine(llm, prompts) == [t for t, _ in hf_greedy(model_dir, prompts, 8)]
 
 
 @needs_kernel
@@ -106,6 +118,7 @@ def test_engine_decodes_with_the_cpu_kernel_as_transformers_does(tiny_models, mo
 
     monkeypatch.setattr(cpu_decode, "cpu_paged_decode", counted)
     llm = LLM(model=str(model_dir), progress=False, block_size=4)
+    assert llm.engine.model.model.layers[0].self_attn.backend.cpu_kernel
     assert not in_place_decode(llm).ready  # the kernel takes every fp32 decode: the loop is not compiled
     assert run_engine(llm, prompts) == [t for t, _ in hf_greedy(model_dir, prompts, 8)]
     assert 3 in calls  # decode steps of all three sequences ran in the kernel
@@ -131,7 +144,7 @@ def test_engine_decodes_in_place_as_transformers_does(tiny_models, monkeypatch):
 
     monkeypatch.setattr(paged_decode, "compiled_paged_decode", counted)
     monkeypatch.setattr(TorchAttentionBackend, "COMPILED_DECODE_MIN_TOKENS", 0)  # every batch of 2+ decodes
-    monkeypatch.setattr(TorchAttentionBackend, "CPU_KERNEL", False)
+    monkeypatch.setattr(cpu_decode, "kernel_available", lambda: False)  # the loop, not the C++ kernel
     llm = LLM(model=str(model_dir), progress=False, block_size=4)
     assert in_place_decode(llm).ready and calls == [2]  # compiled at start-up, on a stand-in batch of 2
     graphs = len(_debug_get_cache_entry_list(paged_decode_attention.__code__))
